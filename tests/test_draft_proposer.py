@@ -1,0 +1,225 @@
+"""DraftProposer on tiny targets: every tree node's draft logits equal a sequential forward over its own
+path (tree mask in self- AND cross-attention, compression positions, the state after accept), trees are
+valid and never propose the image token, greedy speculative output equals the target's own greedy output
+exactly, and a draft overfitted on a sequence is accepted deeply (training and inference align)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fixtures import tiny_image
+from torch import Tensor
+
+import dream.draft.proposer as proposer_module
+from dream.compression import select_kept_positions
+from dream.draft import DraftConfig, DraftProposer, SharedHead, build_draft, frequent_vocab_map, target_head
+from dream.engine import generate
+from dream.losses import LossWeights, teacher_forced_loss
+from dream.proposer import AcceptedStep, PromptState
+from dream.sampling import SamplingConfig
+from dream.target import TargetInputs
+from dream.tree import TreeConfig, build_tree
+
+TREE = TreeConfig(top_k=3, depth=3, total_tokens=8)
+
+
+def image_inputs(target, text: str = "what is it?"):
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    return target.build_inputs(messages, [tiny_image()])
+
+
+def text_inputs(target, text: str = "hello there"):
+    return target.build_inputs([{"role": "user", "content": text}])
+
+
+def make_draft(target, architecture: str = "dream", seed: int = 0, **over):
+    """A random draft whose every input visibly matters (larger weights, cross-attention gates open)."""
+    torch.manual_seed(seed)
+    draft = build_draft(DraftConfig.from_target(target, architecture, **over))
+    draft.reset_parameters(std=0.1)
+    for name, p in draft.named_parameters():
+        if name.endswith("_gate"):
+            p.data.fill_(1.0)
+    return draft
+
+
+def prompt_state(target, inputs) -> PromptState:
+    out = target.prefill(inputs, target.new_cache(), visual_scores=True)
+    return PromptState(inputs.input_ids[0], inputs.visual_mask[0], out.input_embeds[0], out.features[0],
+                       out.stats.visual_scores)
+
+
+class Recorder:
+    """Wraps build_tree to record the root logits and every expand call (tokens, parents, logits)."""
+
+    def __init__(self) -> None:
+        self.rounds: list[dict] = []
+
+    def __call__(self, root_token, root_logits, expand, cfg, **kwargs):
+        calls = []
+
+        def recording_expand(tokens: Tensor, parents: Tensor) -> Tensor:
+            logits = expand(tokens, parents)
+            calls.append((tokens.clone(), parents.clone(), logits.clone()))
+            return logits
+
+        tree = build_tree(root_token, root_logits, recording_expand, cfg, **kwargs)
+        self.rounds.append({"root": root_token, "root_logits": root_logits.clone(), "calls": calls, "tree": tree})
+        return tree
+
+
+def forwarded_paths(record: dict) -> list[tuple[list[int], Tensor]]:
+    """(root-to-node token path, the node's draft logits) for every node the proposer forwarded."""
+    paths = [[record["root"]]]
+    out = [(paths[0], record["root_logits"])]
+    for tokens, parents, logits in record["calls"]:
+        for token, parent, row in zip(tokens.tolist(), parents.tolist(), logits):
+            paths.append(paths[parent] + [token])
+            out.append((paths[-1], row))
+    return out
+
+
+def sequential_logits(draft, target, embeds: Tensor, features: Tensor, positions: Tensor, path: list[int]) -> Tensor:
+    """Reference: teacher-forced forwards over committed tokens + the path, where the path's memory entries
+    are the draft's own features, filled one position at a time. -> logits of the path's last node."""
+    n = embeds.shape[0]
+    all_embeds = torch.cat([embeds, target.embed(torch.tensor(path))])[None]
+    all_positions = torch.cat([positions, positions[-1] + 1 + torch.arange(len(path))])[None]
+    path_features = torch.zeros(len(path), features.shape[-1])
+    for j in range(len(path)):
+        out = draft.forward_train(all_embeds, torch.cat([features, path_features])[None], all_positions,
+                                  with_logits=False)
+        path_features[j] = out.features[0, n + j]
+    logits = draft.head(out.features[0, -1]).float()
+    image = target.image_token_id
+    if image is not None:
+        ids = torch.arange(logits.shape[0]) if draft.vocab_map is None else draft.vocab_map
+        logits[ids == image] = float("-inf")
+    return logits
+
+
+def assert_tree_matches_paths(draft, target, record, embeds, features, positions):
+    paths = forwarded_paths(record)
+    assert len(paths) > 1 + TREE.top_k  # at least two levels were forwarded
+    for path, logits in paths:
+        reference = sequential_logits(draft, target, embeds, features, positions, path)
+        torch.testing.assert_close(logits, reference, rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize("architecture,keep_ratio", [("dream", 0.75), ("eagle2", 0.5)])
+def test_tree_nodes_equal_sequential_path_forwards(tiny_target, monkeypatch, architecture, keep_ratio):
+    target = tiny_target("llava")
+    draft = make_draft(target, architecture, keep_ratio=keep_ratio)
+    recorder = Recorder()
+    monkeypatch.setattr(proposer_module, "build_tree", recorder)
+    proposer = DraftProposer(draft, target, TREE)
+    assert proposer.needs_visual_scores
+    prompt = prompt_state(target, image_inputs(target))
+    kept = select_kept_positions(prompt.visual_mask, prompt.visual_scores, keep_ratio)
+    assert kept.shape[0] < prompt.input_ids.shape[0]
+    proposer.begin(prompt)
+
+    tree = proposer.propose(root_token=5)
+    embeds, features = prompt.input_embeds[kept], prompt.features[kept]
+    assert_tree_matches_paths(draft, target, recorder.rounds[0], embeds, features, kept)
+
+    # Commit root + its first child with (arbitrary) target features; the next round sees them.
+    accepted = tree.tokens[[0, 1]]
+    new_features = torch.randn(2, features.shape[-1])
+    proposer.accept(AcceptedStep(accepted, new_features, next_token=7))
+    proposer.propose(root_token=7)
+    s = prompt.input_ids.shape[0]
+    assert_tree_matches_paths(
+        draft, target, recorder.rounds[1],
+        torch.cat([embeds, target.embed(accepted)]), torch.cat([features, new_features]),
+        torch.cat([kept, torch.tensor([s, s + 1])]),
+    )
+
+
+def test_trees_are_valid_and_never_propose_the_image_token(tiny_target):
+    target = tiny_target("llava")
+    draft = make_draft(target)
+    # Make the image token the draft's favourite: it must still never appear.
+    bias = torch.zeros(target.vocab_size)
+    bias[target.image_token_id] = 1e4
+    draft.bind_head(SharedHead(target.model.get_output_embeddings().weight.detach(), bias, None))
+    proposer = DraftProposer(draft, target, TREE)
+    proposer.begin(prompt_state(target, image_inputs(target)))
+    for root in (5, 6):
+        tree = proposer.propose(root)
+        n = tree.num_nodes
+        assert 1 < n <= TREE.total_tokens + 1 and int(tree.tokens[0]) == root
+        assert target.image_token_id not in tree.tokens[1:].tolist()
+        assert all(0 <= p < i for i, p in enumerate(tree.parents.tolist()) if i)
+        assert int(tree.depths.max()) <= TREE.depth
+        proposer.accept(AcceptedStep(tree.tokens[:1], torch.randn(1, target.hidden_size), next_token=6))
+
+
+@pytest.mark.parametrize(
+    "family,architecture",
+    [("llama", "dream"), ("llava", "dream"), ("gemma3", "dream"), ("qwen2_5_vl", "dream"), ("smolvlm", "dream"),
+     ("llava", "eagle2"), ("qwen2_5_vl", "eagle2")],
+)
+def test_greedy_output_equals_target_greedy(tiny_target, family, architecture):
+    target = tiny_target(family)
+    inputs = text_inputs(target) if target.image_token_id is None else image_inputs(target)
+    plain = generate(target, inputs, max_new_tokens=24)
+    proposer = DraftProposer(make_draft(target, architecture), target, TREE)
+    speculative = generate(target, inputs, proposer=proposer, max_new_tokens=24)
+    assert speculative.token_ids == plain.token_ids
+
+
+def test_greedy_equality_with_reduced_vocabulary_and_chain(tiny_target):
+    target = tiny_target("llava")
+    inputs = image_inputs(target)
+    plain = generate(target, inputs, max_new_tokens=20)
+    draft = make_draft(target, draft_vocab_size=64)
+    draft.set_vocab_map(frequent_vocab_map(torch.rand(target.vocab_size), 64, required=[target.image_token_id]))
+    for cfg in (TREE, TreeConfig(depth=3, chain=True)):
+        speculative = generate(target, inputs, proposer=DraftProposer(draft, target, cfg), max_new_tokens=20)
+        assert speculative.token_ids == plain.token_ids
+
+
+def test_sampled_chain_is_seeded_and_valid(tiny_target):
+    target = tiny_target("llava")
+    inputs = image_inputs(target)
+    draft = make_draft(target)
+    sampling = SamplingConfig(temperature=0.8)
+
+    def run(seed: int):
+        proposer = DraftProposer(draft, target, TreeConfig(depth=3, chain=True), temperature=0.8,
+                                 generator=torch.Generator().manual_seed(seed))
+        return generate(target, inputs, proposer=proposer, sampling=sampling, max_new_tokens=16, seed=seed)
+
+    first, again = run(1), run(1)
+    assert first.token_ids == again.token_ids and len(first.token_ids) > 0
+
+
+def test_overfitted_draft_is_accepted_deeply(tiny_target):
+    """Train a DREAM draft on the target's own greedy continuation with forward_train, then decode: a high
+    tau shows training-time alignment (features strictly before, positions) is what inference uses."""
+    torch.manual_seed(0)
+    target = tiny_target("llama")
+    inputs = text_inputs(target, "count with me")
+    continuation = generate(target, inputs, max_new_tokens=24).token_ids
+    ids = torch.cat([inputs.input_ids, torch.tensor([continuation])], dim=1)
+    out = target.prefill(TargetInputs(ids, torch.zeros_like(ids, dtype=torch.bool), {}), target.new_cache())
+    s, total = inputs.input_ids.shape[1], ids.shape[1]
+    loss_mask = torch.zeros(1, total, dtype=torch.bool)
+    loss_mask[0, s - 1 : total - 1] = True          # positions whose next token is generated
+    draft = build_draft(DraftConfig.from_target(target))
+    draft.bind_head(target_head(target))
+    optimizer = torch.optim.AdamW(draft.parameters(), lr=3e-3)
+    for _ in range(150):
+        terms = teacher_forced_loss(draft, input_embeds=out.input_embeds, target_features=out.features,
+                                    target_mid=None, positions=torch.arange(total)[None], attention_mask=None,
+                                    loss_mask=loss_mask, weights=LossWeights(feature=0.2, mid=0.0, kl=1.0))
+        optimizer.zero_grad()
+        terms.total.backward()
+        optimizer.step()
+    # A chain: the tiny random target's distributions are nearly flat, so EAGLE-2 reranking prefers wide,
+    # shallow trees and a tree's depth would not show how far the draft stays right.
+    chain = TreeConfig(depth=5, chain=True)
+    result = generate(target, inputs, proposer=DraftProposer(draft, target, chain), max_new_tokens=24)
+    assert result.token_ids == continuation
+    assert result.metrics.tau > 4.0, result.metrics.summary()
