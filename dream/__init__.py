@@ -1,0 +1,1 @@
+"""Lossless speculative decoding for vision-language models (DREAM). Import submodules directly."""

@@ -1,0 +1,7 @@
+"""The target adapter: one interface over stock transformers VLMs (see docs/design.md)."""
+
+from .adapter import AttentionStats, ForwardOutput, TargetAdapter
+from .cache import TargetCache
+from .inputs import TargetInputs
+
+__all__ = ["AttentionStats", "ForwardOutput", "TargetAdapter", "TargetCache", "TargetInputs"]

@@ -1,0 +1,242 @@
+"""TargetAdapter: one interface over stock transformers VLMs (and text LMs) for tree speculative decoding."""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    ProcessorMixin,
+)
+
+from .attention import ATTENTION_NAME, StatsRecorder, recording, register_dream_attention
+from .cache import TargetCache, keep_tree_entries
+from .families import Family, family_of
+from .inputs import InputBuilder, TargetInputs, processor_chat_template
+from .masks import TreeLayout, tree_attention
+
+
+@dataclass
+class AttentionStats:
+    entropy: Tensor | None  # [L, S] float32: head-mean attention entropy of each query, per layer
+    visual_scores: Tensor | None  # [S_vis] float32: attention each visual token receives in the LAST layer,
+    #   summed over all queries, averaged over heads
+
+
+@dataclass
+class ForwardOutput:
+    logits: Tensor  # [1, N, V]
+    features: Tensor  # [1, N, H] final-layer post-norm
+    input_embeds: Tensor | None  # [1, N, H] merged input embeddings the language model received (prefill)
+    layer_outputs: dict[int, Tensor]  # requested layer outputs (residual after layer l), each [1, N, H]
+    stats: AttentionStats | None
+
+
+class TargetAdapter:
+    """A stock transformers model behind the prefill / verify / commit interface of docs/design.md.
+
+    The wrapped model's language model is switched to the "dream" attention implementation (sdpa, plus tree
+    masks and on-the-fly statistics); it stays usable as a plain model, with the same outputs.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, processor: Any = None) -> None:
+        spec = family_of(model.config)
+        self._spec: Family = spec
+        self.family: str = spec.name
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        text_config = model.config.get_text_config()
+        self.num_layers: int = text_config.num_hidden_layers
+        self.hidden_size: int = text_config.hidden_size
+        self.vocab_size: int = text_config.vocab_size
+        self.max_context: int = text_config.max_position_embeddings
+        self.image_token_id: int | None = getattr(model.config, "image_token_id", None) if spec.vision else None
+        self.eos_token_ids: set[int] = _eos_ids(model, tokenizer)
+        register_dream_attention()
+        # Only the language model switches: the vision towers keep their own attention (CLIP breaks otherwise).
+        model.set_attn_implementation({"text_config": ATTENTION_NAME} if spec.vision else ATTENTION_NAME)
+        self._base = model.model  # VLM: vision + merge + language model; text LM: the decoder itself
+        self._lm = model.model.get_decoder()  # the text decoder (language_model / text_model / itself)
+        self._layers = self._lm.layers
+        # Read off the top-level config: set there exactly when the stock class applies it (Gemma3 CausalLM).
+        self._softcap = getattr(model.config, "final_logit_softcapping", None)
+        self._inputs = InputBuilder(spec, model.config, tokenizer, processor, self.max_context, model.dtype)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_model: str | Path | PreTrainedModel,
+        *,
+        dtype: torch.dtype = torch.float32,
+        processor: Any = None,
+    ) -> "TargetAdapter":
+        """Load a checkpoint directory (or wrap a loaded model) with its tokenizer and processor.
+
+        `processor` may be a stock processor or a tokenizer; whatever is missing is loaded from the checkpoint
+        directory (the model's `name_or_path` when a model object is given). `dtype` applies when loading.
+        """
+        if isinstance(path_or_model, PreTrainedModel):
+            model, path = path_or_model, path_or_model.name_or_path
+        else:
+            path = str(path_or_model)
+            vision = family_of(AutoConfig.from_pretrained(path)).vision
+            auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+            model = auto.from_pretrained(path, dtype=dtype)
+        expander = family_of(model.config).expander
+        given = processor if isinstance(processor, ProcessorMixin) else None
+        if expander == "stock":
+            processor = given or AutoProcessor.from_pretrained(path)
+            return cls(model, processor.tokenizer, processor)
+        tokenizer = given.tokenizer if given else processor
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+        if tokenizer.chat_template is None and path:
+            tokenizer.chat_template = processor_chat_template(path)
+        image_processor = None
+        if expander is not None:
+            image_processor = given.image_processor if given else AutoImageProcessor.from_pretrained(path)
+        return cls(model, tokenizer, image_processor)
+
+    def build_inputs(self, prompt: str | list[dict], images: Sequence[Image.Image] = ()) -> TargetInputs:
+        """A string prompt is used verbatim (write the family's image placeholder per image); chat messages
+        ({"role", "content"}, content a string or a list of {"type": "text"|"image"} parts) go through the
+        chat template with a generation prompt."""
+        return self._inputs(prompt, images)
+
+    def new_cache(self) -> TargetCache:
+        return TargetCache()
+
+    @torch.no_grad()
+    def prefill(
+        self,
+        inputs: TargetInputs,
+        cache: TargetCache,
+        *,
+        layers: Sequence[int] = (),
+        entropy: bool = False,
+        visual_scores: bool = False,
+    ) -> ForwardOutput:
+        """Run the prompt into an empty cache; optionally capture layer outputs and attention statistics."""
+        if cache.get_seq_length() != 0:
+            raise ValueError("prefill needs an empty cache (TargetAdapter.new_cache())")
+        bad = [layer for layer in layers if not 0 <= layer < self.num_layers]
+        if bad:
+            raise ValueError(f"layers {bad} out of range 0..{self.num_layers - 1}")
+        if self._spec.mrope:
+            self._base.rope_deltas = None  # otherwise a text-only prompt would inherit the last image's delta
+        device = self.model.device
+        input_ids = inputs.input_ids.to(device)
+        model_kwargs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.model_kwargs.items()}
+        captured: dict[str, Tensor] = {}
+        layer_outputs: dict[int, Tensor] = {}
+        recorder = None
+        if entropy or visual_scores:
+            visual = inputs.visual_mask[0].to(device).nonzero().flatten() if visual_scores else None
+            recorder = StatsRecorder(self.num_layers, entropy=entropy, visual_positions=visual)
+        with ExitStack() as stack:
+            stack.callback(self._lm.register_forward_pre_hook(_capture_embeds(captured), with_kwargs=True).remove)
+            for layer in set(layers):
+                hook = self._layers[layer].register_forward_hook(_capture_output(layer_outputs, layer))
+                stack.callback(hook.remove)
+            if recorder is not None:
+                stack.enter_context(recording(recorder))
+            out = self._base(input_ids=input_ids, cache=cache, use_cache=True, **model_kwargs)
+        if self._spec.mrope and self._base.rope_deltas is not None:
+            cache.rope_delta = int(self._base.rope_deltas.flatten()[0])
+        # A text LM embeds its input_ids itself: then those embeddings are all it received.
+        embeds = captured["inputs_embeds"] if "inputs_embeds" in captured else self.embed(input_ids)
+        stats = None
+        if recorder is not None:
+            stats = AttentionStats(entropy=recorder.entropy_matrix(), visual_scores=recorder.visual_scores)
+        features = out.last_hidden_state
+        return ForwardOutput(self.head(features), features, embeds, dict(sorted(layer_outputs.items())), stats)
+
+    @torch.no_grad()
+    def verify(self, tokens: Tensor, ancestors: Tensor, depths: Tensor, cache: TargetCache) -> ForwardOutput:
+        """One forward over N tree nodes; node i sees the committed prefix and its own ancestors only.
+
+        tokens [N] long; ancestors [N, N] bool (ancestors[i, j]: j is i or an ancestor of i); depths [N] long.
+        Node i has position cache_len + depths[i]; the cache grows by N (commit() then keeps the accepted path).
+        """
+        prefix = cache.get_seq_length()
+        device = self.model.device
+        depths = depths.to(device=device, dtype=torch.long)
+        last = prefix + int(depths.max())
+        if last >= self.max_context:
+            raise ValueError(f"tree reaches position {last}, past the model's context of {self.max_context}")
+        layout = TreeLayout(prefix, depths, ancestors.to(device=device, dtype=torch.bool))
+        position_ids = layout.positions[None]  # [1, N]
+        if self._spec.mrope:
+            position_ids = (position_ids + cache.rope_delta)[None].expand(3, 1, -1)  # [3, 1, N]
+        with tree_attention(layout):
+            ids = tokens.to(device)[None]
+            out = self._lm(input_ids=ids, position_ids=position_ids, cache=cache, use_cache=True)
+        features = out.last_hidden_state
+        return ForwardOutput(self.head(features), features, None, {}, None)
+
+    @torch.no_grad()
+    def commit(self, cache: TargetCache, num_tree: int, keep: Tensor) -> None:
+        """Keep the accepted entries `keep` ([k] indices into the last num_tree cache entries), in order."""
+        keep_tree_entries(cache, num_tree, keep)
+
+    def embed(self, token_ids: Tensor) -> Tensor:
+        """[..., n] -> [..., n, H], with the target's own embedding scaling (Gemma3)."""
+        return self.model.get_input_embeddings()(token_ids)
+
+    def head(self, features: Tensor) -> Tensor:
+        """[..., H] -> [..., V], with final-logit soft-capping where the stock class applies it."""
+        logits = self.model.get_output_embeddings()(features)
+        if self._softcap is not None:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
+    def fingerprint(self) -> dict:
+        """Identity of the target a draft was trained against. The head hash is taken over the bf16-rounded
+        weight, so the same checkpoint loaded in fp32 or bf16 has the same fingerprint."""
+        weight = self.model.get_output_embeddings().weight.detach().to("cpu", torch.bfloat16).contiguous()
+        digest = hashlib.sha256(weight.view(torch.int16).numpy().tobytes()).hexdigest()[:16]
+        return {
+            "model_type": self.model.config.model_type,
+            "family": self.family,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "lm_head_sha256": digest,
+        }
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    ids: set[int] = set()
+    sources = [getattr(model.generation_config, "eos_token_id", None), model.config.get_text_config().eos_token_id]
+    for source in [*sources, tokenizer.eos_token_id]:
+        if source is not None:
+            ids.update([source] if isinstance(source, int) else source)
+    return ids
+
+
+def _capture_embeds(store: dict[str, Tensor]):
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if kwargs.get("inputs_embeds") is not None:
+            store["inputs_embeds"] = kwargs["inputs_embeds"]
+
+    return hook
+
+
+def _capture_output(store: dict[int, Tensor], layer: int):
+    def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
+        store[layer] = output[0] if isinstance(output, tuple) else output
+
+    return hook

@@ -1,0 +1,126 @@
+"""The "dream" attention function: sdpa, or eager attention that reduces its weights on the fly.
+
+Attention statistics need the softmax weights, which sdpa never materialises, and holding every layer's
+[H, S, S] map at once (output_attentions) costs L times the memory of one. During a recorded prefill, the
+layers whose statistics are wanted run eager attention here and hand their weights straight to a
+`StatsRecorder`, which keeps only the reductions ([S] per layer, [S_vis] for the last layer).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import Tensor
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface
+
+from .masks import dream_mask
+
+ATTENTION_NAME = "dream"
+
+
+@dataclass
+class StatsRecorder:
+    """Collects per-layer reductions of the attention weights during one prefill."""
+
+    num_layers: int
+    entropy: bool  # record per-query head-mean entropy on every layer
+    visual_positions: Tensor | None  # [S_vis] key positions scored in the last layer; None: no scores
+    entropy_rows: dict[int, Tensor] = field(default_factory=dict)  # layer -> [S]
+    visual_scores: Tensor | None = None  # [S_vis]
+
+    def wants(self, layer_idx: int | None) -> bool:
+        if layer_idx is None:
+            return False
+        return self.entropy or (self.visual_positions is not None and layer_idx == self.num_layers - 1)
+
+    def record(self, layer_idx: int, weights: Tensor) -> None:
+        """weights: [1, H, Q, K] float32 softmax probabilities of one layer."""
+        if self.entropy:
+            self.entropy_rows[layer_idx] = -torch.special.xlogy(weights, weights).sum(-1).mean(1)[0]
+        if self.visual_positions is not None and layer_idx == self.num_layers - 1:
+            received = weights[0][:, :, self.visual_positions].sum(1)  # [H, S_vis], summed over queries
+            self.visual_scores = received.mean(0)
+
+    def entropy_matrix(self) -> Tensor | None:  # [L, S]
+        if not self.entropy:
+            return None
+        assert len(self.entropy_rows) == self.num_layers, "a decoder layer bypassed the dream attention"
+        return torch.stack([self.entropy_rows[i] for i in range(self.num_layers)])
+
+
+_RECORDER: ContextVar[StatsRecorder | None] = ContextVar("dream_stats_recorder", default=None)
+
+
+@contextmanager
+def recording(recorder: StatsRecorder) -> Iterator[StatsRecorder]:
+    token = _RECORDER.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _RECORDER.reset(token)
+
+
+def _eager_with_stats(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None,
+    softcap: float | None,
+    is_causal: bool,
+    recorder: StatsRecorder,
+) -> tuple[Tensor, Tensor]:
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    q_len, kv_len = scores.shape[-2:]
+    if attention_mask is None and is_causal and q_len > 1:
+        # The mask builder returned None to let sdpa use is_causal (top-left aligned); rebuild that pattern.
+        attention_mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=scores.device).tril()
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    recorder.record(module.layer_idx, weights)
+    out = torch.matmul(weights.to(query.dtype), value)
+    return out.transpose(1, 2).contiguous(), weights
+
+
+def dream_attention(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[Tensor, Tensor | None]:
+    recorder = _RECORDER.get()
+    if recorder is None or not recorder.wants(getattr(module, "layer_idx", None)):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    is_causal = kwargs.get("is_causal")
+    is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    return _eager_with_stats(
+        module, query, key, value, attention_mask, scaling, kwargs.get("softcap"), is_causal, recorder
+    )
+
+
+def register_dream_attention() -> None:
+    """Make "dream" a valid attention implementation, with its mask builder. Idempotent."""
+    AttentionInterface.register(ATTENTION_NAME, dream_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, dream_mask)

@@ -1,0 +1,379 @@
+"""Tiny random-initialised targets of every supported family, built from config alone (no hub).
+
+`build_tiny_target(family, path)` writes a checkpoint directory (model, tokenizer, processor or image
+processor, chat template) that loads exactly like a user's checkpoint through
+`TargetAdapter.from_pretrained(path)`. Every model stays well under 1M parameters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import transformers as tf
+from PIL import Image
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+FAMILIES = (
+    "llama",
+    "gemma3_text",
+    "llava",
+    "llava_next",
+    "pixtral",
+    "idefics3",
+    "smolvlm",
+    "gemma3",
+    "qwen2_vl",
+    "qwen2_5_vl",
+)
+TEXT_FAMILIES = ("llama", "gemma3_text")
+VLM_FAMILIES = tuple(f for f in FAMILIES if f not in TEXT_FAMILIES)
+
+GEMMA3_WINDOW = 8  # tests run contexts well past this
+MAX_POSITIONS = 256
+CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+_BASE_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", *CHAT_TOKENS]
+
+# What the chat template writes where a message holds {"type": "image"}.
+_IMAGE_PLACEHOLDER = {
+    "llava": "<image>",
+    "llava_next": "<image>",
+    "pixtral": "[IMG]",
+    "idefics3": "<image>",
+    "smolvlm": "<image>",
+    "gemma3": "<start_of_image>",
+    "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+}
+_IDEFICS_TOKENS = ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"] + [
+    f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)
+]
+_QWEN_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
+_FAMILY_SPECIALS = {
+    "llava": ["<image>"],
+    "llava_next": ["<image>"],
+    "pixtral": ["[IMG]", "[IMG_BREAK]", "[IMG_END]"],
+    "idefics3": _IDEFICS_TOKENS,
+    "smolvlm": _IDEFICS_TOKENS,
+    "gemma3": ["<start_of_image>", "<image_soft_token>", "<end_of_image>"],
+    "qwen2_vl": _QWEN_TOKENS,
+    "qwen2_5_vl": _QWEN_TOKENS,
+}
+
+
+def chat_template(image_placeholder: str | None) -> str:
+    """A minimal chat template; content may be a string or a list of text / image parts."""
+    image = image_placeholder or ""
+    return (
+        "{%- for m in messages -%}<|{{ m['role'] }}|>"
+        "{%- if m['content'] is string -%}{{ m['content'] }}"
+        "{%- else -%}{%- for c in m['content'] -%}"
+        "{%- if c['type'] == 'image' -%}" + image + "{%- elif c['type'] == 'text' -%}{{ c['text'] }}{%- endif -%}"
+        "{%- endfor -%}{%- endif -%}<|end|>{%- endfor -%}"
+        "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+    )
+
+
+def build_tokenizer(family: str) -> tf.PreTrainedTokenizerFast:
+    """Byte-level tokenizer without merges: every byte is a token, plus the family's special tokens."""
+    specials = _BASE_SPECIALS + _FAMILY_SPECIALS.get(family, [])
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    # Registered on the backend too, so a reloaded tokenizer still matches them whole.
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    extra = {}
+    if family == "gemma3":
+        # Gemma3Processor reads these names off the tokenizer.
+        extra = {
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+            "image_token": "<image_soft_token>",
+        }
+    tok = tf.PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=specials[4:],
+        extra_special_tokens=extra,
+        model_max_length=MAX_POSITIONS,
+    )
+    tok.chat_template = chat_template(_IMAGE_PLACEHOLDER.get(family))
+    return tok
+
+
+def _text_kwargs(tok: tf.PreTrainedTokenizerFast, **over) -> dict:
+    base = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=MAX_POSITIONS,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=[tok.eos_token_id, tok.convert_tokens_to_ids("<|end|>")],
+        tie_word_embeddings=False,
+    )
+    base.update(over)
+    return base
+
+
+def _vision_kwargs(**over) -> dict:
+    base = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    base.update(over)
+    return base
+
+
+def _gemma3_text(tok) -> tf.Gemma3TextConfig:
+    return tf.Gemma3TextConfig(
+        **_text_kwargs(tok, num_hidden_layers=3, query_pre_attn_scalar=16),
+        sliding_window=GEMMA3_WINDOW,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    )
+
+
+def _llama(tok):
+    return tf.LlamaForCausalLM(tf.LlamaConfig(**_text_kwargs(tok))), None
+
+
+def _gemma3_text_lm(tok):
+    return tf.Gemma3ForCausalLM(_gemma3_text(tok)), None
+
+
+def _clip_image_processor(size: int = 32) -> tf.CLIPImageProcessor:
+    return tf.CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def _llava(tok):
+    cfg = tf.LlavaConfig(
+        vision_config=tf.CLIPVisionConfig(**_vision_kwargs(projection_dim=32)),
+        text_config=tf.LlamaConfig(**_text_kwargs(tok)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=16,
+        vision_feature_layer=-1,
+    )
+    proc = tf.LlavaProcessor(
+        image_processor=_clip_image_processor(),
+        tokenizer=tok,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=tok.chat_template,
+    )
+    return tf.LlavaForConditionalGeneration(cfg), proc
+
+
+def _llava_next(tok):
+    pinpoints = [[32, 32], [32, 64], [64, 32]]
+    cfg = tf.LlavaNextConfig(
+        vision_config=tf.CLIPVisionConfig(**_vision_kwargs(projection_dim=32)),
+        text_config=tf.LlamaConfig(**_text_kwargs(tok)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-1,
+    )
+    image_proc = tf.LlavaNextImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints
+    )
+    proc = tf.LlavaNextProcessor(
+        image_processor=image_proc,
+        tokenizer=tok,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=tok.chat_template,
+    )
+    return tf.LlavaNextForConditionalGeneration(cfg), proc
+
+
+def _pixtral(tok):
+    cfg = tf.LlavaConfig(
+        vision_config=tf.PixtralVisionConfig(**_vision_kwargs(head_dim=16)),
+        text_config=tf.MistralConfig(**_text_kwargs(tok, sliding_window=None)),
+        image_token_index=tok.convert_tokens_to_ids("[IMG]"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        multimodal_projector_bias=False,
+    )
+    # PixtralProcessor needs torchvision: ship the image processor alone.
+    image_proc = tf.PixtralImageProcessor(size={"longest_edge": 32}, patch_size={"height": 8, "width": 8})
+    return tf.LlavaForConditionalGeneration(cfg), image_proc
+
+
+def _idefics_parts(tok, config_cls, vision_cls, image_proc_cls):
+    cfg = config_cls(
+        vision_config=vision_cls(**_vision_kwargs()),
+        text_config=tf.LlamaConfig(**_text_kwargs(tok)),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+    )
+    image_proc = image_proc_cls(
+        do_image_splitting=True,
+        size={"longest_edge": 64},
+        max_image_size={"longest_edge": 32},
+    )
+    return cfg, image_proc
+
+
+def _idefics3(tok):
+    cfg, image_proc = _idefics_parts(
+        tok, tf.Idefics3Config, tf.Idefics3VisionConfig, tf.Idefics3ImageProcessor
+    )
+    proc = tf.Idefics3Processor(
+        image_processor=image_proc, tokenizer=tok, image_seq_len=4, chat_template=tok.chat_template
+    )
+    return tf.Idefics3ForConditionalGeneration(cfg), proc
+
+
+def _smolvlm(tok):
+    cfg, image_proc = _idefics_parts(tok, tf.SmolVLMConfig, tf.SmolVLMVisionConfig, tf.SmolVLMImageProcessor)
+    # SmolVLMProcessor cannot be built without torchvision: ship the image processor alone.
+    return tf.SmolVLMForConditionalGeneration(cfg), image_proc
+
+
+def _gemma3(tok):
+    cfg = tf.Gemma3Config(
+        vision_config=tf.SiglipVisionConfig(**_vision_kwargs()),
+        text_config=_gemma3_text(tok),
+        mm_tokens_per_image=4,
+        boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
+        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
+    )
+    image_proc = tf.Gemma3ImageProcessor(size={"height": 32, "width": 32})
+    proc = tf.Gemma3Processor(
+        image_processor=image_proc, tokenizer=tok, image_seq_length=4, chat_template=tok.chat_template
+    )
+    return tf.Gemma3ForConditionalGeneration(cfg), proc
+
+
+def _qwen(tok, config_cls, text_cls, vision_cfg, model_cls):
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in zip(("vs", "img", "ve", "vid"), _QWEN_TOKENS)}
+    # mrope_section splits head_dim / 2 = 8 rotary frequencies over (time, height, width).
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    text = text_cls(**_text_kwargs(tok), rope_parameters=rope)
+    cfg = config_cls(
+        vision_config=vision_cfg,
+        text_config=text,
+        image_token_id=ids["img"],
+        video_token_id=ids["vid"],
+        vision_start_token_id=ids["vs"],
+        vision_end_token_id=ids["ve"],
+    )
+    # Qwen2VLProcessor cannot be built without torchvision: ship the image processor alone.
+    image_proc = tf.Qwen2VLImageProcessor(
+        patch_size=8, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32, max_pixels=64 * 64
+    )
+    return model_cls(cfg), image_proc
+
+
+def _qwen2_vl(tok):
+    vision = tf.Qwen2VLVisionConfig(
+        depth=1, embed_dim=32, hidden_size=64, num_heads=2, patch_size=8, spatial_merge_size=2
+    )
+    return _qwen(tok, tf.Qwen2VLConfig, tf.Qwen2VLTextConfig, vision, tf.Qwen2VLForConditionalGeneration)
+
+
+def _qwen2_5_vl(tok):
+    vision = tf.Qwen2_5_VLVisionConfig(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=8,
+        spatial_merge_size=2,
+        out_hidden_size=64,
+        window_size=32,
+        fullatt_block_indexes=[1],
+    )
+    return _qwen(tok, tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLTextConfig, vision, tf.Qwen2_5_VLForConditionalGeneration)
+
+
+_BUILDERS: dict[str, Callable] = {
+    "llama": _llama,
+    "gemma3_text": _gemma3_text_lm,
+    "llava": _llava,
+    "llava_next": _llava_next,
+    "pixtral": _pixtral,
+    "idefics3": _idefics3,
+    "smolvlm": _smolvlm,
+    "gemma3": _gemma3,
+    "qwen2_vl": _qwen2_vl,
+    "qwen2_5_vl": _qwen2_5_vl,
+}
+
+
+def build_tiny_target(family: str, path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random checkpoint of `family` into `path` (created) and return the path."""
+    if family not in _BUILDERS:
+        raise ValueError(f"unknown fixture family {family!r}; choose from {FAMILIES}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tok = build_tokenizer(family)
+    model, processor = _BUILDERS[family](tok)
+    model.eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    if processor is not None:
+        processor.save_pretrained(path)
+    return path
+
+
+def tiny_image(seed: int = 0, size: tuple[int, int] = (32, 32)) -> Image.Image:
+    """A random RGB image (width, height) = size."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def stock_model(path: str | Path, **kwargs) -> tf.PreTrainedModel:
+    """The checkpoint loaded plainly through its Auto class (default attention): the reference to match."""
+    config = tf.AutoConfig.from_pretrained(path)
+    vision = hasattr(config, "vision_config")
+    auto = tf.AutoModelForImageTextToText if vision else tf.AutoModelForCausalLM
+    return auto.from_pretrained(path, dtype=torch.float32, **kwargs).eval()
+
+
+def extend_model_kwargs(model_kwargs: dict, n: int) -> dict:
+    """Prefill kwargs for the prompt followed by n more text tokens (per-token type ids padded with 0)."""
+    out = dict(model_kwargs)
+    for key in ("token_type_ids", "mm_token_type_ids"):
+        if key in out:
+            out[key] = torch.nn.functional.pad(out[key], (0, n))
+    return out
+
+
+@torch.no_grad()
+def reference_logits(model: tf.PreTrainedModel, inputs, extra: torch.Tensor) -> torch.Tensor:
+    """[len(extra), V]: a fresh, cache-free forward over prompt + extra; logits at the extra tokens."""
+    ids = torch.cat([inputs.input_ids, extra[None].to(inputs.input_ids)], dim=1)
+    kwargs = extend_model_kwargs(inputs.model_kwargs, extra.numel())
+    return model(input_ids=ids, use_cache=False, **kwargs).logits[0, -extra.numel() :]
+
+
+def ancestors_from_parents(parents: list[int]) -> torch.Tensor:
+    """[N, N] bool: ancestors[i, j] iff j == i or j is an ancestor of i (parents[i] < i; root -1)."""
+    n = len(parents)
+    anc = torch.eye(n, dtype=torch.bool)
+    for i, p in enumerate(parents):
+        if p >= 0:
+            anc[i] |= anc[p]
+    return anc
+
+
+def depths_from_parents(parents: list[int]) -> torch.Tensor:
+    depths: list[int] = []
+    for p in parents:
+        depths.append(0 if p < 0 else depths[p] + 1)
+    return torch.tensor(depths)
