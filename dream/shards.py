@@ -1,0 +1,208 @@
+"""The datagen shard format: a directory of safetensors shards plus manifest.json.
+
+Each shard holds the per-sample tensors of `SHARD_TENSORS` concatenated along axis 0, plus `tokens_offsets`
+and `visual_offsets` ([N + 1] int64): sample i's rows are offsets[i]:offsets[i + 1] on its axis. Shard
+metadata (strings): format, settings_key, ids (JSON list of written sample ids), first_entry, num_entries,
+skipped (JSON list of {index, id, reason}), unfinished_answers. manifest.json (written last by dream.datagen)
+lists the shards and records the target fingerprint and the settings. Written by `ShardWriter`, read by
+`ShardDataset`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "dream-shards"
+FORMAT_VERSION = 1
+# name -> (length axis: "tokens" [S] or "visual" [S_vis], trailing shape "" or "H"). Offsets index axis 0.
+SHARD_TENSORS: dict[str, tuple[str, str]] = {
+    "input_ids": ("tokens", ""),        # int64
+    "loss_mask": ("tokens", ""),        # bool: position i predicts token i + 1, a response token
+    "features": ("tokens", "H"),        # storage dtype: target final-layer features, post-norm
+    "mid_layers": ("tokens", ""),       # int64: entropy-selected layer l* per token
+    "mid_features": ("tokens", "H"),    # storage dtype: OUTPUT of layer l* at each token
+    "visual_positions": ("visual", ""),  # int64: positions of visual tokens in the sequence
+    "visual_embeds": ("visual", "H"),   # storage dtype: merged input embeddings there
+    "visual_scores": ("visual", ""),    # float32: last-layer attention each visual token receives
+}
+
+
+@dataclass(frozen=True)
+class ShardSample:
+    input_ids: Tensor         # [S] long
+    loss_mask: Tensor         # [S] bool (see SHARD_TENSORS)
+    features: Tensor          # [S, H]
+    mid_layers: Tensor        # [S] long
+    mid_features: Tensor      # [S, H]
+    visual_positions: Tensor  # [S_vis] long
+    visual_embeds: Tensor     # [S_vis, H]
+    visual_scores: Tensor     # [S_vis] float32
+
+    @property
+    def visual_mask(self) -> Tensor:          # [S] bool
+        mask = torch.zeros(self.input_ids.shape[0], dtype=torch.bool)
+        mask[self.visual_positions] = True
+        return mask
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    file = Path(directory) / MANIFEST
+    try:
+        manifest = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{file} does not exist: not a datagen directory (or datagen unfinished)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file} is not valid JSON (truncated or corrupted?): {err}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{file} is not a {MANIFEST_FORMAT} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{file}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
+    return manifest
+
+
+def check_target(manifest: dict[str, Any], fingerprint: dict[str, Any], directory: str | Path) -> None:
+    """ValueError naming every fingerprint field where the shards' target and this target differ."""
+    saved, current = manifest["target"], json.loads(json.dumps(fingerprint))
+    diffs = [f"{k}: shards {saved.get(k)!r} != target {current.get(k)!r}"
+             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if diffs:
+        raise ValueError(f"shards in {directory} were made from a different target: " + "; ".join(diffs))
+
+
+class ShardDataset:
+    """Random access to the samples of a datagen directory; tensors are read lazily from the shards."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.manifest = read_manifest(self.directory)
+        self._files: list[Any] = []
+        self._index: list[tuple[int, int]] = []          # sample -> (shard, row)
+        self._offsets: list[dict[str, Tensor]] = []
+        for shard, info in enumerate(self.manifest["shards"]):
+            handle = _open_shard(self.directory / info["file"])
+            self._files.append(handle)
+            offsets = {axis: handle.get_tensor(f"{axis}_offsets") for axis in ("tokens", "visual")}
+            self._offsets.append(offsets)
+            self._index.extend((shard, row) for row in range(info["num_samples"]))
+        if not self._index:
+            raise ValueError(f"{self.directory} holds no samples")
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i: int) -> ShardSample:
+        shard, row = self._index[i]
+        handle, offsets = self._files[shard], self._offsets[shard]
+        tensors = {}
+        for name, (axis, _) in SHARD_TENSORS.items():
+            start, stop = int(offsets[axis][row]), int(offsets[axis][row + 1])
+            tensors[name] = handle.get_slice(name)[start:stop]
+        return ShardSample(**tensors)
+
+    def response_token_counts(self, vocab_size: int) -> Tensor:
+        """[V] how often each target id is a supervised (response) token: for a reduced draft vocabulary."""
+        counts = torch.zeros(vocab_size, dtype=torch.long)
+        for handle in self._files:
+            ids, mask = handle.get_tensor("input_ids"), handle.get_tensor("loss_mask")
+            # Offsets are per sample, but a shift inside the concatenation only pairs a sample's last
+            # position (never in the mask: nothing follows it) with the next sample's first token.
+            counts += torch.bincount(ids[1:][mask[:-1]], minlength=vocab_size)
+        return counts
+
+
+def _open_shard(file: Path) -> Any:
+    try:
+        return safe_open(str(file), framework="pt")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"shard {file} listed in the manifest does not exist") from None
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"shard {file} cannot be read (truncated or corrupted): {err}") from None
+
+
+_SAFETENSORS_DTYPES = {torch.int64: "I64", torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16",
+                       torch.bool: "BOOL"}
+
+
+class ShardWriter:
+    """Writes one shard with memory bounded by one sample: each sample's tensors are appended to per-tensor
+    spool files, and `finish` streams them into a safetensors file (written as a temporary, then renamed).
+
+    The file holds every SHARD_TENSORS entry concatenated along axis 0, plus `tokens_offsets` and
+    `visual_offsets` ([N + 1] int64): sample i's rows are offsets[i]:offsets[i + 1] on its axis.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp")
+        self.spool = path.with_name(f".{path.name}.spool")
+        self._remove_temporaries()                     # leftovers of an interrupted run of this shard
+        self.spool.mkdir(parents=True)
+        self._files = {name: open(self.spool / name, "wb") for name in SHARD_TENSORS}
+        self._offsets: dict[str, list[int]] = {"tokens": [0], "visual": [0]}
+        self._specs: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+
+    def add(self, tensors: dict[str, Tensor]) -> None:
+        lengths: dict[str, int] = {}
+        for name, (axis, _) in SHARD_TENSORS.items():
+            tensor = tensors[name].detach().cpu().contiguous()
+            assert lengths.setdefault(axis, tensor.shape[0]) == tensor.shape[0], f"{name}: ragged {axis} axis"
+            spec = (tensor.dtype, tuple(tensor.shape[1:]))
+            assert self._specs.setdefault(name, spec) == spec, f"{name}: {spec} != {self._specs[name]}"
+            self._files[name].write(tensor.view(torch.uint8).numpy().tobytes())
+        for axis, length in lengths.items():
+            self._offsets[axis].append(self._offsets[axis][-1] + length)
+
+    def finish(self, metadata: dict[str, str], empty_specs: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> None:
+        """Write the shard; `empty_specs` gives dtype and trailing shape of tensors when no sample was added."""
+        for handle in self._files.values():
+            handle.close()
+        offsets = {f"{axis}_offsets": torch.tensor(v, dtype=torch.int64) for axis, v in self._offsets.items()}
+        entries: list[tuple[str, torch.dtype, list[int], Path | bytes]] = []
+        for name, tensor in offsets.items():
+            entries.append((name, torch.int64, [tensor.shape[0]], tensor.numpy().tobytes()))
+        for name, (axis, _) in SHARD_TENSORS.items():
+            dtype, trailing = self._specs.get(name, empty_specs[name])
+            entries.append((name, dtype, [self._offsets[axis][-1], *trailing], self.spool / name))
+        # Widest element first keeps every tensor aligned to its element size inside the file.
+        entries.sort(key=lambda e: -e[1].itemsize)
+        header: dict[str, Any] = {"__metadata__": metadata}
+        start = 0
+        for name, dtype, shape, data in entries:
+            size = len(data) if isinstance(data, bytes) else data.stat().st_size
+            header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": shape, "data_offsets": [start, start + size]}
+            start += size
+        text = json.dumps(header).encode()
+        text += b" " * (-len(text) % 8)
+        with open(self.tmp, "wb") as out:
+            out.write(struct.pack("<Q", len(text)) + text)
+            for *_, data in entries:
+                if isinstance(data, bytes):
+                    out.write(data)
+                else:
+                    with open(data, "rb") as spooled:
+                        shutil.copyfileobj(spooled, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(self.tmp, self.path)
+        shutil.rmtree(self.spool)
+
+    def abort(self) -> None:
+        """Give up this shard: its temporary files go; a finished shard file, if any, is untouched."""
+        for handle in self._files.values():
+            handle.close()
+        self._remove_temporaries()
+
+    def _remove_temporaries(self) -> None:
+        shutil.rmtree(self.spool, ignore_errors=True)
+        self.tmp.unlink(missing_ok=True)

@@ -1,0 +1,254 @@
+"""dream datagen on tiny targets: shard shapes and manifest, loss mask on responses only, self-distilled
+answers equal the engine's greedy output, the entropy-selected layer and stored tensors against an
+independent eager-attention reference, resume, refusal of a foreign output directory, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from dream.cli import main as cli_main
+from dream.data import conversation_inputs, load_images, load_llava_json, prompt_inputs
+from dream.datagen import DatagenConfig, generate_batch, parse_layer_window, run_datagen
+from dream.engine import generate
+from dream.entropy import LayerWindow, attention_entropy
+from dream.shards import ShardDataset
+from fixtures import stock_model, tiny_image
+
+QUESTION = "<image>\nWhat is in the picture?"
+
+
+def write_dataset(folder: Path, num: int = 6, missing: tuple[int, ...] = (), multi_turn_every: int = 2) -> Path:
+    """A LLaVA-format JSON with `num` entries and their PNG images in `folder`; entries in `missing` point to
+    an image that does not exist; every `multi_turn_every`-th entry has a second turn."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i in range(num):
+        image = f"img{i}.png"
+        if i in missing:
+            image = f"missing{i}.png"
+        else:
+            tiny_image(i, (48, 32)).save(folder / image)
+        turns = [{"from": "human", "value": QUESTION}, {"from": "gpt", "value": f"A shape number {i}."}]
+        if multi_turn_every and i % multi_turn_every == 1:
+            turns += [{"from": "human", "value": "And the colour?"}, {"from": "gpt", "value": "Blue."}]
+        entries.append({"id": f"s{i}", "image": image, "conversations": turns})
+    path = folder / "data.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def make_config(target: Path, data: Path, out: Path, **overrides) -> DatagenConfig:
+    settings = dict(target=str(target), data=str(data), image_folder=str(data.parent), out=str(out),
+                    shard_size=3, batch_size=2, max_new_tokens=10, dtype="float32", device="cpu")
+    settings.update(overrides)
+    return DatagenConfig(**settings)
+
+
+def response_runs(sample) -> list[list[int]]:
+    """Contiguous runs of supervised tokens (the token each loss position predicts)."""
+    predicted = sample.loss_mask[:-1].tolist()
+    runs: list[list[int]] = []
+    for i, on in enumerate(predicted):
+        if on:
+            if not runs or not predicted[i - 1]:
+                runs.append([])
+            runs[-1].append(int(sample.input_ids[i + 1]))
+    return runs
+
+
+def test_shards_have_consistent_shapes_and_manifest(tiny_target_path, tiny_target, tmp_path):
+    target = tiny_target("llava")
+    data = write_dataset(tmp_path / "data", num=7, missing=(4,))
+    manifest = run_datagen(make_config(tiny_target_path("llava"), data, tmp_path / "out", storage_dtype="bfloat16"))
+    assert manifest["num_entries"] == 7 and manifest["num_samples"] == 6
+    assert manifest["num_skipped"] == 1 and manifest["skipped"][0]["id"] == "s4"
+    assert "image not found" in manifest["skipped"][0]["reason"]
+    assert [s["num_entries"] for s in manifest["shards"]] == [3, 3, 1]
+    assert manifest["target"] == target.fingerprint()
+    dataset = ShardDataset(tmp_path / "out")
+    assert len(dataset) == 6
+    hidden = target.hidden_size
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        seq, vis = sample.input_ids.shape[0], sample.visual_positions.shape[0]
+        assert sample.features.shape == sample.mid_features.shape == (seq, hidden)
+        assert sample.features.dtype == sample.visual_embeds.dtype == torch.bfloat16
+        assert sample.loss_mask.shape == sample.mid_layers.shape == (seq,)
+        assert sample.visual_embeds.shape == (vis, hidden) and sample.visual_scores.shape == (vis,)
+        assert torch.equal(sample.visual_positions, (sample.input_ids == target.image_token_id).nonzero().flatten())
+        assert vis > 0 and not sample.loss_mask[-1]
+    assert manifest["num_tokens"] == sum(dataset[i].input_ids.shape[0] for i in range(6))
+
+
+def test_loss_mask_covers_exactly_the_greedy_answers(tiny_target_path, tiny_target, tmp_path):
+    """Self-distillation: each response is the target's own greedy answer (engine oracle) + end of turn."""
+    target = tiny_target("llava")
+    data = write_dataset(tmp_path / "data", num=4)
+    run_datagen(make_config(tiny_target_path("llava"), data, tmp_path / "out"))
+    dataset = ShardDataset(tmp_path / "out")
+    eos = target.eos_token_ids
+    for i, conversation in enumerate(load_llava_json(data)):
+        images = load_images(conversation, data.parent)
+        runs = response_runs(dataset[i])
+        assert len(runs) == len(conversation.turns)
+        answers: list[list[int]] = []
+        for run in runs:
+            prompt = prompt_inputs(target, conversation, answers, images)
+            greedy = generate(target, prompt, max_new_tokens=10).token_ids
+            greedy = greedy[:-1] if greedy[-1] in eos else greedy
+            assert run[:-1] == greedy and run[-1] in eos
+            answers.append(greedy)
+        # Nothing outside the responses is supervised: the prompt tokens are never predicted.
+        assert sum(len(run) for run in runs) == int(dataset[i].loss_mask.sum())
+
+
+def test_keep_answers_supervises_the_dataset_answers(tiny_target_path, tiny_target, tmp_path):
+    target = tiny_target("llava")
+    data = write_dataset(tmp_path / "data", num=2)
+    run_datagen(make_config(tiny_target_path("llava"), data, tmp_path / "out", keep_answers=True))
+    sample = ShardDataset(tmp_path / "out")[1]
+    texts = [target.tokenizer.decode(run, skip_special_tokens=True) for run in response_runs(sample)]
+    assert texts == ["A shape number 1.", "Blue."]
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3", "qwen2_vl"])
+def test_selected_layer_and_tensors_match_eager_reference(tiny_target_path, tiny_target, tmp_path, family):
+    """Independent reference: stock transformers with eager attention, output_attentions/hidden_states."""
+    target = tiny_target(family)
+    data = write_dataset(tmp_path / "data", num=2)
+    run_datagen(make_config(tiny_target_path(family), data, tmp_path / "out", keep_answers=True,
+                            storage_dtype="float32"))
+    sample = ShardDataset(tmp_path / "out")[1]
+    conversation = load_llava_json(data)[1]
+    images = load_images(conversation, data.parent)
+    inputs = conversation_inputs(target, conversation, [t.answer for t in conversation.turns], images).inputs
+    assert torch.equal(inputs.input_ids[0], sample.input_ids)
+    model = stock_model(tiny_target_path(family), attn_implementation="eager")
+    layers = model.model.get_decoder().layers
+    # Layer outputs by hook: hidden_states[-1] is after the final norm, not the last layer's output.
+    outputs: list[torch.Tensor] = []
+    hooks = [layer.register_forward_hook(lambda m, a, o: outputs.append(o[0] if isinstance(o, tuple) else o))
+             for layer in layers]
+    with torch.no_grad():
+        out = model(input_ids=inputs.input_ids, output_attentions=True, output_hidden_states=True,
+                    **inputs.model_kwargs)
+    for hook in hooks:
+        hook.remove()
+    entropy = attention_entropy(torch.stack([a[0] for a in out.attentions]))          # [L, S]
+    reference = entropy.argmin(0)
+    assert torch.equal(sample.mid_layers, reference)
+    assert reference.unique().numel() > 1           # the choice varies by token: a real test
+    tokens = torch.arange(sample.input_ids.shape[0])
+    layer_outputs = torch.stack([o.reshape(-1, o.shape[-1]) for o in outputs])            # [L, S, H]
+    torch.testing.assert_close(sample.mid_features, layer_outputs[reference, tokens], atol=1e-5, rtol=1e-5)
+    hidden = torch.stack([h[0] for h in out.hidden_states])                            # [L + 1, S, H]
+    torch.testing.assert_close(sample.features, hidden[-1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sample.visual_embeds, hidden[0][sample.visual_positions], atol=1e-6, rtol=1e-6)
+    # What training rebuilds: text embeddings from the ids with the target's own embedding (scaling included).
+    text = ~sample.visual_mask
+    torch.testing.assert_close(target.embed(sample.input_ids)[text], hidden[0][text], atol=1e-6, rtol=1e-6)
+
+
+def test_layer_window_restricts_and_static_layer_fixes_the_choice(tiny_target_path, tmp_path):
+    data = write_dataset(tmp_path / "data", num=2)
+    run_datagen(make_config(tiny_target_path("gemma3"), data, tmp_path / "w", layer_window=parse_layer_window("1:")))
+    assert set(ShardDataset(tmp_path / "w")[0].mid_layers.tolist()) <= {1, 2}
+    run_datagen(make_config(tiny_target_path("gemma3"), data, tmp_path / "s", layer_window=parse_layer_window("2")))
+    assert set(ShardDataset(tmp_path / "s")[0].mid_layers.tolist()) == {2}
+    assert parse_layer_window(":2") == LayerWindow(0, 2)
+    with pytest.raises(ValueError, match="layer-window"):
+        parse_layer_window("a:b")
+
+
+def test_resume_skips_finished_shards(tiny_target_path, tmp_path):
+    data = write_dataset(tmp_path / "data", num=7)
+    cfg = make_config(tiny_target_path("llava"), data, tmp_path / "out")
+    first = run_datagen(cfg)
+    out = tmp_path / "out"
+    files = [out / s["file"] for s in first["shards"]]
+    before = [(f.read_bytes(), f.stat().st_mtime_ns) for f in files]
+    files[1].unlink()
+    (out / "manifest.json").unlink()
+    (out / f".{files[1].name}.tmp").write_bytes(b"half")          # leftovers of a killed run
+    again = run_datagen(cfg)
+    assert again == first
+    after = [(f.read_bytes(), f.stat().st_mtime_ns) for f in files]
+    assert after[0] == before[0] and after[2] == before[2]         # untouched
+    assert after[1][0] == before[1][0] and after[1][1] != before[1][1]   # regenerated, identical
+    assert sorted(p.name for p in out.iterdir()) == sorted([f.name for f in files] + ["manifest.json"])
+    with pytest.raises(ValueError, match="other settings"):
+        run_datagen(make_config(tiny_target_path("llava"), data, out, max_new_tokens=5))
+
+
+@pytest.mark.parametrize("family", ["llava", "smolvlm", "qwen2_vl"])
+def test_batched_generation_equals_engine_greedy(tiny_target, family):
+    target = tiny_target(family)
+    questions = ["Hi", "Describe the picture in much more detail please", "What?"]
+    prompts = [target.build_inputs([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+                                   [tiny_image(i, (48, 32))]) for i, q in enumerate(questions)]
+    assert len({p.input_ids.shape[1] for p in prompts}) == 3                        # padding is exercised
+    batched = generate_batch(target, prompts, max_new_tokens=12)
+    assert batched == [generate(target, p, max_new_tokens=12).token_ids for p in prompts]
+
+
+@pytest.mark.parametrize("content,match", [
+    ({"id": 1}, "expected a JSON list"),
+    ([], "holds no conversations"),
+    ([{"id": "a", "image": "x.png"}], r"entry 0 \(id 'a'\): field 'conversations'"),
+    ([{"id": "a", "conversations": [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "x"}]}],
+     r"conversations\[0\]\.from must be 'human'"),
+    ([{"id": "a", "image": "x.png", "conversations": [{"from": "human", "value": "no tag"},
+                                                       {"from": "gpt", "value": "x"}]}], "0 '<image>' tag"),
+    ("{not json", "not valid JSON"),
+])
+def test_bad_data_is_one_line_error_and_writes_nothing(tiny_target_path, tmp_path, capsys, content, match):
+    data = tmp_path / "data.json"
+    data.write_text(content if isinstance(content, str) else json.dumps(content))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=match):
+        run_datagen(make_config(tiny_target_path("llava"), data, out))
+    assert not out.exists()
+    code = cli_main(["datagen", "--target", str(tiny_target_path("llava")), "--data", str(data),
+                     "--image-folder", str(tmp_path), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("dream datagen: error:") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_all_images_missing_gives_empty_counted_shards(tiny_target_path, tmp_path, capsys):
+    data = write_dataset(tmp_path / "data", num=2, missing=(0, 1))
+    code = cli_main(["datagen", "--target", str(tiny_target_path("llava")), "--data", str(data),
+                     "--image-folder", str(data.parent), "--out", str(tmp_path / "out"), "--dtype", "float32",
+                     "--max-new-tokens", "4"])
+    assert code == 0 and "skipped 2 of 2 entries" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["num_samples"] == 0 and [s["id"] for s in manifest["skipped"]] == ["s0", "s1"]
+    with safe_open(str(tmp_path / "out" / "shard-00000.safetensors"), framework="pt") as handle:
+        assert handle.get_tensor("features").shape == (0, 64)
+    with pytest.raises(ValueError, match="no samples"):
+        ShardDataset(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_shards_of_one(tiny_target_path, tmp_path):
+    data = write_dataset(tmp_path / "data", num=7)
+    single = run_datagen(make_config(tiny_target_path("llava"), data, tmp_path / "one"))
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    "-m", "dream.cli", "datagen", "--target", str(tiny_target_path("llava")), "--data", str(data),
+                    "--image-folder", str(data.parent), "--out", str(tmp_path / "two"), "--shard-size", "3",
+                    "--batch-size", "2", "--max-new-tokens", "10", "--dtype", "float32", "--device", "cpu"],
+                   check=True, env=env, cwd=repo, capture_output=True)
+    double = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert double["shards"] == single["shards"]
+    for shard in single["shards"]:
+        assert (tmp_path / "one" / shard["file"]).read_bytes() == (tmp_path / "two" / shard["file"]).read_bytes()
