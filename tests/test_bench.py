@@ -1,0 +1,206 @@
+"""`dream bench` on a tiny Idefics3 target (the zoo target's family) with untrained drafts saved by
+save_draft: every method in the JSON, 0 greedy mismatches in fp32 on prompts whose images have other sizes,
+consistent metrics; each user error is one line and exit 2 before anything is timed; the loop warms up,
+interleaves and rotates methods; prompts files are read strictly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures import tiny_image
+
+import dream.bench
+import dream.bench_run
+import dream.bench_setup
+from dream.bench_run import BenchSettings, run_bench
+from dream.bench_setup import Method, shipped_drafts
+from dream.cli import main
+from dream.draft import DraftConfig, build_draft, save_draft
+from dream.prompts import load_image, read_prompts
+from dream.target import TargetAdapter
+
+FAST = ["--dtype", "fp32", "--max-new-tokens", "8", "--tree-top-k", "2", "--depth", "2", "--total-tokens", "4"]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_target_path, tmp_path_factory) -> dict[str, Path]:
+    """The target, drafts (dream, eagle2, a second dream with larger weights) and a 3-prompt file."""
+    root = tmp_path_factory.mktemp("bench")
+    target_dir = tiny_target_path("idefics3")
+    target = TargetAdapter.from_pretrained(target_dir)
+    paths = {"target": target_dir, "root": root}
+    for name, arch in (("dream", "dream"), ("eagle2", "eagle2"), ("nomid", "dream")):
+        torch.manual_seed(len(name))
+        draft = build_draft(DraftConfig.from_target(target, arch))
+        if name == "nomid":      # a second, different draft of the same architecture
+            draft.reset_parameters(std=0.1)
+        paths[name] = save_draft(root / name, draft, target.fingerprint(), dtype=torch.float32)
+    other = json.loads((paths["dream"] / "config.json").read_text())
+    other["target"]["lm_head_sha256"] = "0" * 16
+    paths["other"] = root / "other"
+    paths["other"].mkdir()
+    (paths["other"] / "config.json").write_text(json.dumps(other))
+    (paths["other"] / "model.safetensors").write_bytes((paths["dream"] / "model.safetensors").read_bytes())
+    for i, size in enumerate([(48, 32), (20, 40), (32, 32)]):
+        tiny_image(i, size).save(root / f"img{i}.png")
+    lines = [{"image": "img0.png", "prompt": "Describe this image.", "category": "describe"},
+             {"image": "img1.png", "prompt": "one two one two one two", "category": "vqa"},
+             {"image": "img2.png", "prompt": "What is it?", "category": "vqa"}]
+    paths["prompts"] = write_lines(root / "prompts.jsonl", [json.dumps(x) for x in lines])
+    return paths
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_bench_json_has_every_method_and_no_greedy_mismatch(setup, tmp_path, capsys):
+    out, plot = tmp_path / "r.json", tmp_path / "r.png"
+    rc = main(["bench", "--target", str(setup["target"]), "--prompts", str(setup["prompts"]),
+               "--draft", f"dream={setup['dream']}", "--draft", str(setup["eagle2"]),
+               "--draft", f"dream-nomid={setup['nomid']}", "--keep-ratios", "1.0,0.5",
+               "--json", str(out), "--plot", str(plot), "--threads", "1", *FAST])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    names = ["ar", "pld", "dream", "eagle2", "dream-nomid", "dream-keep100", "dream-keep50"]
+    assert list(doc["methods"]) == names
+    for name, m in doc["methods"].items():
+        assert m["mismatches"] == 0, name
+        assert m["tau"] == pytest.approx(1 + sum(m["acceptance_by_depth"])), name
+        assert m["generations"] == 3 and m["num_tokens"] > 0 and m["target_forwards"] > 0
+        assert set(m["time_split"]) == {"prefill_s", "draft_s", "verify_s", "other_s", "total_s"}
+        assert set(m["categories"]) == {"describe", "vqa"}
+        assert m["categories"]["vqa"]["generations"] == 2
+    ar = doc["methods"]["ar"]
+    assert ar["tau"] == 1.0 and ar["speedup"] == 1.0 and ar["acceptance_by_depth"] == []
+    assert max(m["tau"] for m in doc["methods"].values()) > 1.0     # paths past the root were verified
+    config = doc["config"]
+    assert config["target_fingerprint"]["family"] == "idefics3" and config["dtype"] == "fp32"
+    assert config["versions"]["torch"] == torch.__version__ and config["threads"] == 1
+    assert config["tree"] == {"top_k": 2, "depth": 2, "total_tokens": 4, "chain": False}
+    assert config["drafts"]["dream-keep50"]["keep_ratio"] == 0.5 and config["methods"] == names
+    assert [p["line"] for p in doc["prompts"]] == [1, 2, 3]
+    texts = {name: o["text"] for name, o in doc["prompts"][0]["outputs"].items()}
+    assert len(set(texts.values())) == 1                     # lossless: every method wrote ar's text
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    assert all(f"\n{name} " in table for name in names[1:]) and "by category" in table
+
+
+def test_bench_at_temperature_reports_no_mismatches(setup, tmp_path):
+    out = tmp_path / "r.json"
+    rc = main(["bench", "--target", str(setup["target"]), "--prompts", str(setup["prompts"]), "--limit", "1",
+               "--warmup", "0", "--temperature", "1.0", "--json", str(out), *FAST])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert list(doc["methods"]) == ["ar", "pld"]
+    assert all(m["mismatches"] is None for m in doc["methods"].values())
+    assert doc["config"]["sampling"]["temperature"] == 1.0 and doc["config"]["num_prompts"] == 1
+
+
+def bad_prompts(setup, tmp_path, kind: str) -> Path:
+    good = json.dumps({"image": str(setup["root"] / "img0.png"), "prompt": "hi"})
+    lines = {"missing_image": [good, json.dumps({"image": "nope.png", "prompt": "hi"})],
+             "bad_json": [good, '{"image": "img0.png", "prompt": '],
+             "unknown_key": [json.dumps({"image": str(setup["root"] / "img0.png"), "prompt": "hi", "x": 1})]}
+    return write_lines(tmp_path / "p.jsonl", lines[kind])
+
+
+ERRORS = {
+    # case: (extra arguments, text the one-line error must contain)
+    "missing_image": (lambda s, t: ["--prompts", str(bad_prompts(s, t, "missing_image"))], ["p.jsonl:2", "nope.png"]),
+    "bad_json": (lambda s, t: ["--prompts", str(bad_prompts(s, t, "bad_json"))], ["p.jsonl:2", "not valid JSON"]),
+    "unknown_key": (lambda s, t: ["--prompts", str(bad_prompts(s, t, "unknown_key"))], ["p.jsonl:1", "'x'"]),
+    "missing_prompts": (lambda s, t: ["--prompts", str(t / "none.jsonl")], ["none.jsonl"]),
+    "unknown_method": (lambda s, t: ["--draft", f"medusa={s['dream']}"], ["unknown method name 'medusa'"]),
+    "baseline_name": (lambda s, t: ["--draft", f"pld={s['dream']}"], ["'pld' is a baseline"]),
+    "wrong_architecture": (lambda s, t: ["--draft", f"eagle2={s['dream']}"], ["is a dream checkpoint"]),
+    "other_target": (lambda s, t: ["--draft", str(s["other"])], ["different target", "lm_head_sha256"]),
+    "keep_without_dream": (lambda s, t: ["--keep-ratios", "0.5"], ["--keep-ratios"]),
+    "bad_keep_ratio": (lambda s, t: ["--draft", str(s["dream"]), "--keep-ratios", "1.5"], ["(0, 1]"]),
+    "duplicate": (lambda s, t: ["--draft", str(s["dream"]), "--draft", f"dream={s['nomid']}"], ["unique"]),
+    "not_a_draft": (lambda s, t: ["--draft", str(t)], ["not a draft checkpoint"]),
+    "bad_threads": (lambda s, t: ["--threads", "0"], ["--threads must be >= 1"]),
+    "bad_warmup": (lambda s, t: ["--warmup", "-1"], ["warmup must be >= 0"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERRORS))
+def test_bench_user_errors_are_one_line_before_timing(setup, tmp_path, capsys, monkeypatch, case):
+    monkeypatch.setattr(dream.bench, "run_bench", lambda *a, **k: pytest.fail("timing started"))
+    extra, expected = ERRORS[case]
+    args = ["bench", "--target", str(setup["target"]), "--prompts", str(setup["prompts"]), *FAST]
+    rc = main(args + extra(setup, tmp_path))
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("dream bench: error: "), err
+    assert all(text in lines[0] for text in expected), lines[0]
+
+
+def test_run_bench_warms_up_then_interleaves_and_rotates(setup, monkeypatch):
+    calls: list[tuple[str, int]] = []
+    real_generate = dream.bench_run.generate
+
+    def recording(target, inputs, *, proposer, seed, **kwargs):
+        calls.append((type(proposer).__name__, seed))
+        return real_generate(target, inputs, proposer=proposer, seed=seed, **kwargs)
+
+    monkeypatch.setattr(dream.bench_run, "generate", recording)
+    target = TargetAdapter.from_pretrained(setup["target"])
+    prompts = read_prompts(setup["prompts"])
+    settings = BenchSettings(max_new_tokens=3, seed=10, warmup=2)
+    result = run_bench(target, [Method("ar"), Method("pld")], prompts, settings, progress=False)
+    ar, pld = "NoneType", "PromptLookupProposer"
+    assert calls == [(ar, 10), (pld, 10), (ar, 11), (pld, 11),                 # warm-up
+                     (ar, 10), (pld, 10), (pld, 11), (ar, 11), (ar, 12), (pld, 12)]
+    assert [len(runs) for runs in result.runs.values()] == [3, 3]
+    assert result.runs["ar"][1].token_ids == result.runs["pld"][1].token_ids
+    with pytest.raises(ValueError, match="'ar' baseline"):
+        run_bench(target, [Method("pld")], prompts, settings, progress=False)
+
+
+def test_read_prompts_strict_and_limited(setup, tmp_path):
+    records = read_prompts(setup["prompts"])
+    assert [(r.line, r.category, r.image.size) for r in records] == [
+        (1, "describe", (48, 32)), (2, "vqa", (20, 40)), (3, "vqa", (32, 32))]
+    text = (setup["prompts"]).read_text().splitlines()
+    path = write_lines(setup["root"] / "gaps.jsonl", [text[0], "", "  ", text[1]])
+    assert [r.line for r in read_prompts(path)] == [1, 4]
+    assert len(read_prompts(setup["prompts"], limit=2)) == 2
+    # A missing image past the limit is never opened.
+    broken = write_lines(tmp_path / "b.jsonl", [text[0].replace("img0.png", str(setup["root"] / "img0.png")),
+                                               json.dumps({"image": "gone.png", "prompt": "x"})])
+    assert len(read_prompts(broken, limit=1)) == 1
+    for line, message in [("[1, 2]", "expected a JSON object"), ('{"image": "a.png"}', "'prompt' must be"),
+                          ('{"image": "a.png", "prompt": "x", "category": 3}', "'category' must be a string")]:
+        with pytest.raises(ValueError, match=message):
+            read_prompts(write_lines(tmp_path / "x.jsonl", [line]))
+    with pytest.raises(ValueError, match="holds no prompts"):
+        read_prompts(write_lines(tmp_path / "empty.jsonl", [""]))
+
+
+def test_load_image_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        load_image(tmp_path / "missing.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match="notes.png is not a readable image"):
+        load_image(tmp_path / "notes.png")
+    with pytest.raises(ValueError, match="is not a readable image"):
+        load_image(tmp_path)
+    tiny_image(0, (10, 6)).convert("L").save(tmp_path / "grey.png")
+    assert load_image(tmp_path / "grey.png").mode == "RGB"
+
+
+def test_shipped_drafts_skip_missing_with_a_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(dream.bench_setup, "SHIPPED_DRAFTS", tmp_path)
+    (tmp_path / "dream").mkdir()
+    (tmp_path / "dream" / "config.json").write_text("{}")
+    with caplog.at_level("WARNING"):
+        found = shipped_drafts()
+    assert [(d.name, d.path) for d in found] == [("dream", tmp_path / "dream")]
+    assert "shipped eagle2 draft not found" in caplog.text
