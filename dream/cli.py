@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     known, _ = parser.parse_known_args(argv[:1] or ["--help"])
     module = importlib.import_module(known._module)
+    # Loading a checkpoint prints per-tensor progress bars; the commands keep their own tqdm bars.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     sub = argparse.ArgumentParser(prog=f"dream {known.command}", description=COMMANDS[known.command][1])
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
