@@ -22,6 +22,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from dream.jsonfile import read_tagged_json
+
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "dream-shards"
 FORMAT_VERSION = 1
@@ -58,14 +60,8 @@ class ShardSample:
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     file = Path(directory) / MANIFEST
-    try:
-        manifest = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{file} does not exist: not a datagen directory (or datagen unfinished)") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file} is not valid JSON (truncated or corrupted?): {err}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{file} is not a {MANIFEST_FORMAT} manifest")
+    manifest = read_tagged_json(file, MANIFEST_FORMAT, "manifest", missing_error=FileNotFoundError,
+                                missing="not a datagen directory (or datagen unfinished)")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{file}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
     return manifest

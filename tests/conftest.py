@@ -21,6 +21,15 @@ from fixtures import build_tiny_target
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Back to one intra-op thread for a module, whatever an earlier test (e.g. the bench CLI) set."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_target_path(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """tiny_target_path(family) -> directory of a tiny random checkpoint (built once per session)."""

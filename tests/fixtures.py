@@ -377,3 +377,12 @@ def depths_from_parents(parents: list[int]) -> torch.Tensor:
     for p in parents:
         depths.append(0 if p < 0 else depths[p] + 1)
     return torch.tensor(depths)
+
+
+def open_draft(draft: torch.nn.Module, *, std: float = 0.1, gate: float = 1.0) -> torch.nn.Module:
+    """Re-initialise a draft so every input visibly matters: larger weights, cross-attention gates opened."""
+    draft.reset_parameters(std=std)
+    for name, p in draft.named_parameters():
+        if name.endswith("_gate"):
+            p.data.fill_(gate)
+    return draft

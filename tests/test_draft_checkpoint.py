@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from fixtures import open_draft
 from safetensors.torch import load_file
 
 from dream.draft import (
@@ -25,12 +26,7 @@ from dream.tree import TreeConfig
 
 def trained_looking_draft(target, architecture: str = "dream", **over):
     torch.manual_seed(0)
-    draft = build_draft(DraftConfig.from_target(target, architecture, **over))
-    draft.reset_parameters(std=0.1)
-    for name, p in draft.named_parameters():
-        if name.endswith("_gate"):
-            p.data.fill_(0.5)
-    return draft
+    return open_draft(build_draft(DraftConfig.from_target(target, architecture, **over)), gate=0.5)
 
 
 @pytest.mark.parametrize("architecture", ["dream", "eagle2"])

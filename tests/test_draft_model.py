@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fixtures import open_draft
 from transformers import LlamaConfig, MllamaTextConfig
 from transformers.models.mllama.modeling_mllama import MllamaCrossAttentionDecoderLayer
 
@@ -36,11 +37,7 @@ def tiny_config(architecture: str = "dream", **over) -> DraftConfig:
 def tiny_draft(architecture: str = "dream", seed: int = 0, **over):
     """A draft with weights large enough (and gates open) that every input visibly matters."""
     torch.manual_seed(seed)
-    draft = build_draft(tiny_config(architecture, **over))
-    draft.reset_parameters(std=0.2)
-    for name, p in draft.named_parameters():
-        if name.endswith("_gate"):
-            p.data.fill_(1.0)
+    draft = open_draft(build_draft(tiny_config(architecture, **over)), std=0.2)
     draft.bind_head(SharedHead(torch.randn(V, H), None, None))
     return draft.eval()
 

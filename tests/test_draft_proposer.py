@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixtures import tiny_image
+from fixtures import open_draft, tiny_image
 from torch import Tensor
 
 import dream.draft.proposer as proposer_module
@@ -35,12 +35,7 @@ def text_inputs(target, text: str = "hello there"):
 def make_draft(target, architecture: str = "dream", seed: int = 0, **over):
     """A random draft whose every input visibly matters (larger weights, cross-attention gates open)."""
     torch.manual_seed(seed)
-    draft = build_draft(DraftConfig.from_target(target, architecture, **over))
-    draft.reset_parameters(std=0.1)
-    for name, p in draft.named_parameters():
-        if name.endswith("_gate"):
-            p.data.fill_(1.0)
-    return draft
+    return open_draft(build_draft(DraftConfig.from_target(target, architecture, **over)))
 
 
 def prompt_state(target, inputs) -> PromptState:

@@ -21,13 +21,7 @@ MAX_NEW = 24
 PROMPTS = ("Describe it.", "one two one two one two")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a second intra-op thread only adds wake-up latency (milliseconds on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # see conftest.one_thread
 
 
 def build_prompt(target, family: str, text: str):

@@ -25,6 +25,7 @@ from dream.draft.dream_model import DreamDraft
 from dream.draft.eagle_model import Eagle2Draft
 from dream.draft.head import target_head
 from dream.entropy import LayerWindow
+from dream.jsonfile import read_tagged_json
 
 FORMAT = "dream-draft"
 FORMAT_VERSION = 1
@@ -86,14 +87,7 @@ def save_draft(
 def read_draft_config(path: str | Path) -> dict[str, Any]:
     """config.json of a draft directory, validated (unknown keys raise)."""
     file = Path(path) / CONFIG_FILE
-    try:
-        config = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{file} does not exist: not a draft checkpoint directory") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file} is not valid JSON (truncated or corrupted?): {err}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"{file} is not a {FORMAT} config")
+    config = read_tagged_json(file, FORMAT, "config", missing="not a draft checkpoint directory")
     unknown = sorted(set(config) - _TOP_KEYS)
     missing = sorted(_TOP_KEYS - set(config))
     if unknown or missing:

@@ -172,11 +172,11 @@ class TargetAdapter:
         Node i has position cache_len + depths[i]; the cache grows by N (commit() then keeps the accepted path).
         """
         prefix = cache.get_seq_length()
-        device = self.model.device
-        depths = depths.to(device=device, dtype=torch.long)
-        last = prefix + int(depths.max())
+        last = prefix + int(depths.max())  # read before the transfer: no device sync on the caller's CPU tree
         if last >= self.max_context:
             raise ValueError(f"tree reaches position {last}, past the model's context of {self.max_context}")
+        device = self.model.device
+        depths = depths.to(device=device, dtype=torch.long)
         layout = TreeLayout(prefix, depths, ancestors.to(device=device, dtype=torch.bool))
         position_ids = layout.positions[None]  # [1, N]
         if self._spec.mrope:
