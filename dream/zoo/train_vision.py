@@ -1,0 +1,551 @@
+"""Train the vision side of the `smolvlm-135m` zoo target on easy-vqa train images (never test images).
+
+Two stages, one resumable run (`--resume` continues from `<out>/last.pt`, stage and step included):
+
+1. `vision`: the tower alone learns the image's colour and shape (cross-entropy on the pooled
+   features), which 4x4 patches the shape covers, and its centroid and size. Minutes on 2 cores.
+2. `lm`: tower (low LR) + connector + new-token embeddings + LoRA on every linear layer of the LM
+   learn to answer. Each step packs, per image, its easy-vqa QA pairs, one multi-sentence
+   description and one more grounded question into one sequence (see `dream.zoo.packing`), plus
+   one text-only row of SmolLM2's own replies to text prompts (generated once, LoRA off, cached in
+   `<out>/text_distill.json`) so the LM stays the instruct model it was. The LM runs in bf16, the LM
+   head only at answer positions.
+
+The held-out validation images are `val_images` train images (every k-th id), never trained on.
+Validation "exact" is greedy-exact by construction: an answer counts when the argmax at every answer
+position (its <|im_end|> included) is the answer token, which is what greedy decoding would emit.
+
+  python -m dream.zoo.train_vision --out runs/vision                 # fresh run
+  python -m dream.zoo.train_vision --out runs/vision --resume        # continue
+  python -m dream.zoo.train_vision --export runs/vision/best.pt      # -> dream/assets/smolvlm-135m/
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dream.zoo import data as D
+from dream.zoo import model as M
+from dream.zoo.packing import Packer, pack, packed_loss
+from dream.zoo.spec import NEW_TOKENS, ZooSpec
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str = "runs/vision"
+    seed: int = 0
+    val_images: int = 200        # train images held out for validation (evenly spaced ids)
+    val_qa_images: int = 100     # of those, how many the periodic LM validation runs on
+    # stage 1: the tower on colour / shape / coverage / position labels
+    vision_steps: int = 500
+    vision_batch: int = 64
+    vision_lr: float = 1e-3
+    # stage 2: tower + connector + new-token rows + LoRA on packed QA and descriptions
+    lm_steps: int = 4000
+    lm_batch: int = 4            # images per step
+    max_qa_per_image: int = 8    # easy-vqa turns per image per step (they have ~9.6)
+    text_turns: int = 2          # text-only self-distillation turns per step (one extra row)
+    text_max_new_tokens: int = 160   # longer SmolLM2 replies are dropped from the distillation set
+    lora_lr: float = 4e-4
+    connector_lr: float = 1e-3
+    tower_lr: float = 1e-4
+    warmup: int = 100            # stage-2 warm-up steps (stage 1 warms up over 50, decays to 5 %)
+    min_lr_ratio: float = 0.1    # stage 2 decays (cosine) to this fraction of each LR at lm_steps
+    eval_every: int = 200
+    ckpt_minutes: float = 5.0
+    log_every: int = 10
+    threads: int = 2             # intra-op threads; 0 = auto: 2 while the machine is otherwise idle, else 1
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def set_threads(requested: int) -> int:
+    """torch.set_num_threads(requested), or with 0 pick 1-2 from the load other processes put on 2 cores.
+
+    Two OpenMP threads on a 2-core machine shared with other jobs stall on each other (steps ran 2-5x
+    slower than with one thread); alone, two are ~1.8x faster than one.
+    """
+    if requested > 0:
+        threads = requested
+    else:
+        others = os.getloadavg()[0] - torch.get_num_threads()
+        threads = 2 if others < 0.5 else 1
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
+
+
+# ------------------------------------------------------------------------------------------- data
+class Images:
+    """The train split as tensors, split into train / validation ids."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.split = D.load_split("train")
+        n = len(self.split.image_ids)
+        stride = n // cfg.val_images
+        val = set(range(0, n, stride)[: cfg.val_images])
+        self.val_rows = sorted(val)
+        self.train_rows = [r for r in range(n) if r not in val]
+        pixels = torch.from_numpy(self.split.pixels).permute(0, 3, 1, 2).float()
+        self.pixel_values = (pixels / 255.0 - 0.5) / 0.5                      # [N, 3, 64, 64], as the processor
+        self.masks = torch.from_numpy(self.split.masks).float()               # [N, 64, 64]
+        facts = [self.split.facts[i] for i in self.split.image_ids]
+        self.color = torch.tensor([D.COLORS.index(f.color) for f in facts])
+        self.shape = torch.tensor([D.SHAPES.index(f.shape) for f in facts])
+        self.geometry = torch.tensor([[f.cx, f.cy, math.sqrt(f.area)] for f in facts])
+
+    def facts(self, row: int, flip: bool) -> D.ImageFacts:
+        f = self.split.facts[self.split.image_ids[row]]
+        return f.flipped() if flip else f
+
+    def qa(self, row: int) -> list[tuple[str, str]]:
+        return self.split.qa[self.split.image_ids[row]]
+
+
+def turns_for(images: Images, row: int, flip: bool, rng: np.random.Generator, cfg: TrainConfig):
+    """All (up to max_qa_per_image) easy-vqa turns of an image + a description + one extra question."""
+    facts = images.facts(row, flip)
+    qa = list(images.qa(row))
+    rng.shuffle(qa)
+    turns = []
+    for question, answer in qa[: cfg.max_qa_per_image]:
+        if rng.random() < 0.5:
+            question = question[0].upper() + question[1:]
+        turns.append((question, D.answer_text(answer)))
+    prompt = D.DESCRIBE_PROMPTS[int(rng.integers(len(D.DESCRIBE_PROMPTS)))]
+    turns.append((prompt, D.describe(facts, rng)))
+    turns.append(D.extra_qa(facts, rng))
+    return turns
+
+
+# ---------------------------------------------------------------------------------------- stage 1
+class VisionHeads(nn.Module):
+    """Supervision heads on the tower (not shipped): colour, shape, per-patch coverage, geometry."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.color = nn.Linear(hidden, len(D.COLORS))
+        self.shape = nn.Linear(hidden, len(D.SHAPES))
+        self.coverage = nn.Linear(hidden, 1)
+        self.geometry = nn.Linear(hidden, 3)
+
+    def forward(self, features):                       # [B, P, H]
+        pooled = features.mean(1)
+        return (self.color(pooled), self.shape(pooled), self.coverage(features).squeeze(-1),
+                self.geometry(pooled))
+
+
+def vision_losses(tower, heads, images: Images, rows, flips, patch: int):
+    pixels = images.pixel_values[rows]
+    masks = images.masks[rows]
+    geometry = images.geometry[rows].clone()
+    if flips.any():
+        pixels[flips] = pixels[flips].flip(-1)
+        masks[flips] = masks[flips].flip(-1)
+        geometry[flips, 0] = 1.0 - geometry[flips, 0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = tower(pixel_values=pixels).last_hidden_state
+        color, shape, coverage, geo = heads(features)
+    coverage_target = F.avg_pool2d(masks[:, None], patch).flatten(1)          # [B, P] fraction covered
+    losses = dict(
+        color=F.cross_entropy(color.float(), images.color[rows]),
+        shape=F.cross_entropy(shape.float(), images.shape[rows]),
+        coverage=F.binary_cross_entropy_with_logits(coverage.float(), coverage_target),
+        geometry=10 * F.mse_loss(geo.float(), geometry),
+    )
+    acc = dict(color=(color.argmax(-1) == images.color[rows]).float().mean().item(),
+               shape=(shape.argmax(-1) == images.shape[rows]).float().mean().item())
+    return losses, acc
+
+
+@torch.no_grad()
+def eval_vision(tower, heads, images: Images, patch: int) -> dict:
+    rows = torch.tensor(images.val_rows)
+    _, acc = vision_losses(tower, heads, images, rows, torch.zeros(len(rows), dtype=torch.bool), patch)
+    return acc
+
+
+# ---------------------------------------------------------------------------------------- stage 2
+@torch.no_grad()
+def distill_text(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str | None]:
+    """The model's greedy replies to text-only prompts (None where it did not finish)."""
+    tokenizer.padding_side = "left"
+    replies: list[str | None] = []
+    for start in range(0, len(prompts), batch_size):
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                               tokenize=False) for p in prompts[start:start + batch_size]]
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        for row in out[:, inputs.input_ids.shape[1]:].tolist():
+            finished = tokenizer.eos_token_id in row
+            text = tokenizer.decode(row[: row.index(tokenizer.eos_token_id)] if finished else row)
+            replies.append(text.strip() if finished and text.strip() else None)
+        log(f"text distillation: {min(start + batch_size, len(prompts))}/{len(prompts)} prompts")
+    return replies
+
+
+@torch.no_grad()
+def eval_text(model, packer: Packer, pairs: list[tuple[str, str]], new_rows) -> float:
+    """Teacher-forced token accuracy on held-out (prompt, SmolLM2 reply) pairs."""
+    correct, total = 0, 0
+    for start in range(0, len(pairs), 4):
+        batch = pack(packer, [(None, pairs[start:start + 4])])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, hit, _ = packed_loss(model, batch, packer.image_token_id, packer.new_token_ids, new_rows)
+        correct += int(hit.sum())
+        total += hit.numel()
+    return correct / total
+
+
+@torch.no_grad()
+def eval_lm(model, packer: Packer, images: Images, new_rows, cfg: TrainConfig) -> dict:
+    """Greedy-exact accuracy on the held-out images' easy-vqa questions (+ description token accuracy)."""
+    rows = images.val_rows[: cfg.val_qa_images]
+    exact, total, desc_correct, desc_total = 0, 0, 0, 0
+    by_kind = {"yes/no": [0, 0], "color": [0, 0], "shape": [0, 0]}
+    rng = np.random.default_rng(12345)
+    for start in range(0, len(rows), 4):
+        convs, kinds = [], []
+        for row in rows[start:start + 4]:
+            qa = images.qa(row)
+            turns = [(q, D.answer_text(a)) for q, a in qa]
+            kinds += ["yes/no" if a in ("yes", "no") else "color" if a in D.COLORS else "shape" for _, a in qa]
+            turns.append(("Describe this image.", D.describe(images.facts(row, False), rng)))
+            kinds.append("describe")
+            convs.append((images.pixel_values[row], turns))
+        batch = pack(packer, convs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, correct, turn_exact = packed_loss(model, batch, packer.image_token_id, packer.new_token_ids, new_rows)
+        for t, kind in enumerate(kinds):
+            if kind == "describe":
+                hit = correct[batch.turn_of == t]
+                desc_correct += hit.sum().item()
+                desc_total += hit.numel()
+            else:
+                by_kind[kind][0] += int(turn_exact[t])
+                by_kind[kind][1] += 1
+                exact += int(turn_exact[t])
+                total += 1
+    out = {"exact": exact / total, "describe_token_acc": desc_correct / desc_total}
+    out.update({k: v[0] / max(v[1], 1) for k, v in by_kind.items()})
+    return out
+
+
+def cosine(step: int, warmup: int, total: int, floor: float) -> float:
+    """LR multiplier: linear warm-up over `warmup` steps, then cosine from 1 to `floor` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------------------- runner
+class Trainer:
+    def __init__(self, cfg: TrainConfig, spec: ZooSpec):
+        self.cfg, self.spec = cfg, spec
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        lm_state, text_config, tokenizer = M.load_smollm2(spec)
+        tokenizer = M.make_tokenizer(tokenizer)
+        self.processor = M.make_processor(spec, tokenizer)
+        self.packer = Packer(self.processor)
+        model = M.assemble(spec, lm_state, text_config, tokenizer)
+        del lm_state
+        text = model.model.text_model
+        text.to(torch.bfloat16)                       # frozen base in bf16 (lm_head is tied to it)
+        text.requires_grad_(False)
+        if spec.lora_rank:
+            M.add_lora(text, spec)                    # LoRA factors fp32, trainable
+        self.model = model
+        first = self.packer.new_token_ids
+        self.new_rows = nn.Parameter(text.embed_tokens.weight[first].float().clone())   # [4, H]
+        self.heads = VisionHeads(spec.vision_hidden)
+        self.images = Images(cfg)
+        self.text_train, self.text_val = self._text_pairs(tokenizer)     # before any LoRA weights load
+        self.stage, self.step, self.best = "vision", 0, -1.0
+        self.history: list[dict] = []
+        self.optimizer = self._optimizer()
+        n_vis = sum(p.numel() for p in model.model.vision_model.parameters())
+        n_con = sum(p.numel() for p in model.model.connector.parameters())
+        n_lora = sum(p.numel() for n, p in text.named_parameters() if "lora_" in n)
+        log(f"params: tower {n_vis:,} connector {n_con:,} lora {n_lora:,} new rows {self.new_rows.numel():,}; "
+            f"{spec.image_seq_len} visual tokens; train images {len(self.images.train_rows)}, "
+            f"val {len(self.images.val_rows)}")
+
+    def _text_pairs(self, tokenizer):
+        """(train, val) (prompt, reply) pairs; every 10th prompt is validation."""
+        path = self.out / "text_distill.json"
+        prompts = D.text_prompts()
+        if path.exists():
+            cached = json.loads(path.read_text())
+            if cached["prompts"] != prompts or cached["max_new_tokens"] != self.cfg.text_max_new_tokens:
+                raise ValueError(f"{path} was made for other prompts / lengths: delete it to regenerate")
+            replies = cached["replies"]
+        else:
+            log(f"generating SmolLM2's replies to {len(prompts)} text prompts (once; cached in {path})")
+            self.model.eval()
+            replies = distill_text(self.model, tokenizer, prompts, self.cfg.text_max_new_tokens)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"prompts": prompts, "max_new_tokens": self.cfg.text_max_new_tokens,
+                                       "replies": replies}, indent=1))
+            os.replace(tmp, path)
+        train = [(p, r) for k, (p, r) in enumerate(zip(prompts, replies)) if r is not None and k % 10]
+        val = [(p, r) for k, (p, r) in enumerate(zip(prompts, replies)) if r is not None and not k % 10]
+        log(f"text distillation pairs: {len(train)} train, {len(val)} val "
+            f"({sum(r is None for r in replies)} unfinished dropped)")
+        return train, val
+
+    # -- parameters and state ----------------------------------------------------------------
+    def trainable(self) -> dict[str, torch.Tensor]:
+        """Shipped names -> tensors (+ stage-1 heads)."""
+        state = {f"model.vision_model.{k}": v for k, v in self.model.model.vision_model.state_dict().items()}
+        state.update({f"model.connector.{k}": v for k, v in self.model.model.connector.state_dict().items()})
+        state.update(M.lora_state(self.model.model.text_model))
+        state[M.NEW_EMBED_KEY] = self.new_rows.detach()
+        state.update({f"heads.{k}": v for k, v in self.heads.state_dict().items()})
+        return state
+
+    def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
+        model = self.model
+        model.model.vision_model.load_state_dict(
+            {k.removeprefix("model.vision_model."): v for k, v in state.items() if k.startswith("model.vision_model.")})
+        model.model.connector.load_state_dict(
+            {k.removeprefix("model.connector."): v for k, v in state.items() if k.startswith("model.connector.")})
+        params = dict(model.named_parameters())
+        for k, v in state.items():
+            if "lora_" in k:
+                params[k].data.copy_(v)
+        self.new_rows.data.copy_(state[M.NEW_EMBED_KEY])
+        self.heads.load_state_dict({k.removeprefix("heads."): v for k, v in state.items() if k.startswith("heads.")})
+
+    def _optimizer(self):
+        cfg = self.cfg
+        if self.stage == "vision":
+            groups = [{"params": list(self.model.model.vision_model.parameters()) + list(self.heads.parameters()),
+                       "lr": cfg.vision_lr, "base_lr": cfg.vision_lr}]
+        else:
+            lora = [p for n, p in self.model.model.text_model.named_parameters() if "lora_" in n]
+            groups = [
+                {"params": list(self.model.model.vision_model.parameters()), "lr": cfg.tower_lr,
+                 "base_lr": cfg.tower_lr},
+                {"params": list(self.model.model.connector.parameters()) + [self.new_rows], "lr": cfg.connector_lr,
+                 "base_lr": cfg.connector_lr},
+                {"params": lora, "lr": cfg.lora_lr, "base_lr": cfg.lora_lr},
+            ]
+        return torch.optim.AdamW(groups, weight_decay=0.0, betas=(0.9, 0.98))
+
+    def save(self, name: str) -> Path:
+        path = self.out / name
+        tmp = path.with_suffix(".tmp")
+        torch.save({"config": dataclasses.asdict(self.cfg), "spec": self.spec.to_dict(), "stage": self.stage,
+                    "step": self.step, "best": self.best, "history": self.history,
+                    "trainable": self.trainable(), "optimizer": self.optimizer.state_dict()}, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def resume(self, path: Path) -> None:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if ckpt["spec"] != self.spec.to_dict():
+            raise ValueError(f"{path} was trained with a different spec: {ckpt['spec']}")
+        changed = {k: (v, getattr(self.cfg, k)) for k, v in ckpt["config"].items()
+                   if k not in ("threads", "out") and getattr(self.cfg, k, None) != v}
+        if changed:
+            log(f"warning: resuming with a changed config (checkpoint value, now): {changed}")
+        self.load_trainable(ckpt["trainable"])
+        self.stage, self.step, self.best, self.history = ckpt["stage"], ckpt["step"], ckpt["best"], ckpt["history"]
+        self.optimizer = self._optimizer()
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        log(f"resumed {path}: stage {self.stage} step {self.step} best {self.best:.4f}")
+
+    # -- stages ------------------------------------------------------------------------------
+    def run(self) -> None:
+        set_threads(self.cfg.threads)
+        if self.stage == "vision":
+            self.run_vision()
+            self.stage, self.step = "lm", 0
+            self.optimizer = self._optimizer()
+            self.save("vision_stage.pt")
+            self.save("last.pt")
+        self.run_lm()
+
+    def run_vision(self) -> None:
+        cfg, images = self.cfg, self.images
+        tower = self.model.model.vision_model
+        tower.train()
+        train_rows = torch.tensor(images.train_rows)
+        last_save, t0 = time.time(), time.time()
+        while self.step < cfg.vision_steps:
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
+            rows = train_rows[torch.randint(len(train_rows), (cfg.vision_batch,), generator=g)]
+            flips = torch.rand(cfg.vision_batch, generator=g) < 0.5
+            factor = cosine(self.step, 50, cfg.vision_steps, 0.05)
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+            losses, acc = vision_losses(tower, self.heads, images, rows, flips, self.spec.patch_size)
+            loss = sum(losses.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(tower.parameters(), 1.0)
+            self.optimizer.step()
+            self.step += 1
+            if self.step % cfg.log_every == 0:
+                parts = " ".join(f"{k} {v.item():.3f}" for k, v in losses.items())
+                log(f"vision step {self.step}/{cfg.vision_steps} loss {loss.item():.3f} ({parts}) "
+                    f"acc colour {acc['color']:.2f} shape {acc['shape']:.2f} {(time.time() - t0) / cfg.log_every:.2f} s/step "
+                    f"{torch.get_num_threads()} threads")
+                t0 = time.time()
+                set_threads(cfg.threads)
+            if self.step % 100 == 0 or self.step == cfg.vision_steps:
+                tower.eval()
+                val = eval_vision(tower, self.heads, images, self.spec.patch_size)
+                tower.train()
+                self.history.append({"stage": "vision", "step": self.step, **val})
+                log(f"vision val step {self.step}: colour {val['color']:.4f} shape {val['shape']:.4f}")
+            if time.time() - last_save > cfg.ckpt_minutes * 60:
+                self.save("last.pt")
+                last_save = time.time()
+
+    def lm_batch(self, step: int):
+        """Images of this step: epoch-wise permutations of the train rows, fixed by (seed, epoch)."""
+        cfg, rows = self.cfg, self.images.train_rows
+        convs = []
+        for b in range(cfg.lm_batch):
+            k = step * cfg.lm_batch + b
+            epoch, index = divmod(k, len(rows))
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(rows))
+            row = rows[order[index]]
+            rng = np.random.default_rng([cfg.seed, step, b])
+            flip = bool(rng.random() < 0.5)
+            pixels = self.images.pixel_values[row]
+            convs.append((pixels.flip(-1) if flip else pixels, turns_for(self.images, row, flip, rng, cfg)))
+        if cfg.text_turns:
+            rng = np.random.default_rng([cfg.seed, step, cfg.lm_batch])
+            picks = rng.choice(len(self.text_train), size=cfg.text_turns, replace=False)
+            convs.append((None, [self.text_train[k] for k in picks]))
+        return pack(self.packer, convs)
+
+    def run_lm(self) -> None:
+        cfg, model = self.cfg, self.model
+        model.train()
+        last_save = time.time()
+        t0, tokens, window = time.time(), 0, []          # since the last log line (eval / save time excluded)
+        while self.step < cfg.lm_steps:
+            batch = self.lm_batch(self.step)
+            factor = cosine(self.step, cfg.warmup, cfg.lm_steps, cfg.min_lr_ratio)
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss, correct, _ = packed_loss(model, batch, self.packer.image_token_id,
+                                                   self.packer.new_token_ids, self.new_rows)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            nn.utils.clip_grad_norm_(params, 1.0)
+            self.optimizer.step()
+            self.step += 1
+            tokens += int((batch.position_ids > 0).sum()) + batch.input_ids.shape[0]
+            window.append((loss.item(), correct.float().mean().item()))
+            if self.step % cfg.log_every == 0:
+                dt = time.time() - t0
+                l, a = np.mean(window, axis=0)
+                log(f"lm step {self.step}/{cfg.lm_steps} loss {l:.4f} token acc {a:.3f} lr x{factor:.3f} "
+                    f"{dt / len(window):.2f} s/step {tokens / dt:.0f} tok/s {torch.get_num_threads()} threads")
+                t0, tokens, window = time.time(), 0, []
+                set_threads(cfg.threads)
+            if self.step % cfg.eval_every == 0 or self.step == cfg.lm_steps:
+                model.eval()
+                val = eval_lm(model, self.packer, self.images, self.new_rows, cfg)
+                val["text_token_acc"] = eval_text(model, self.packer, self.text_val, self.new_rows)
+                model.train()
+                self.history.append({"stage": "lm", "step": self.step, **val})
+                log("lm val step {}: ".format(self.step) + " ".join(f"{k} {v:.4f}" for k, v in val.items()))
+                if val["exact"] > self.best:
+                    self.best = val["exact"]
+                    self.save("best.pt")
+                    log(f"new best {self.best:.4f} -> {self.out / 'best.pt'}")
+                self.save("last.pt")
+                last_save = time.time()
+                t0, tokens, window = time.time(), 0, []
+            elif time.time() - last_save > cfg.ckpt_minutes * 60:
+                self.save("last.pt")
+                last_save = time.time()
+                t0, tokens, window = time.time(), 0, []
+        log("done")
+
+
+# ------------------------------------------------------------------------------------------ export
+def export(ckpt_path: Path, assets: Path) -> None:
+    """A checkpoint's shipped parts -> bf16 safetensors + spec.json + train_info.json in `assets`."""
+    from safetensors.torch import save_file
+
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    spec = ZooSpec.from_dict(ckpt["spec"])
+    state = ckpt["trainable"]
+    vision = {k: v.to(torch.bfloat16).contiguous() for k, v in state.items()
+              if k.startswith(("model.vision_model.", "model.connector."))}
+    delta = {k: v.to(torch.bfloat16).contiguous() for k, v in state.items() if "lora_" in k or k == M.NEW_EMBED_KEY}
+    assets.mkdir(parents=True, exist_ok=True)
+    save_file(vision, assets / M.VISION_FILE)
+    save_file(delta, assets / M.LM_DELTA_FILE)
+    spec.save(assets / M.SPEC_FILE)
+    lm_history = [h for h in ckpt["history"] if h["stage"] == "lm"]
+    info = {"checkpoint": str(ckpt_path), "stage": ckpt["stage"], "step": ckpt["step"], "best_val_exact": ckpt["best"],
+            "last_val": lm_history[-1] if lm_history else None, "config": ckpt["config"]}
+    (assets / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    sizes = {p.name: p.stat().st_size for p in assets.iterdir()}
+    log(f"exported {ckpt_path} (stage {ckpt['stage']} step {ckpt['step']}) -> {assets}: {sizes}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dream.zoo.train_vision", description=__doc__.split("\n")[0])
+    parser.add_argument("--export", metavar="CKPT", help="export a checkpoint to the assets folder and exit")
+    parser.add_argument("--assets", default=str(M.assets_dir("smolvlm-135m")), help="export destination")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    for field in dataclasses.fields(TrainConfig):
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
+    args = parser.parse_args(argv)
+    if args.export:
+        export(Path(args.export), Path(args.assets))
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()            # the GGUF dequantisation bar would fill the log
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig.from_dict(values)
+    set_threads(cfg.threads)
+    log("config " + json.dumps(dataclasses.asdict(cfg)))
+    trainer = Trainer(cfg, ZooSpec())
+    if args.resume:
+        last = Path(cfg.out) / "last.pt"
+        if not last.exists():
+            sys.exit(f"--resume: {last} does not exist")
+        trainer.resume(last)
+    trainer.run()
+
+
+if __name__ == "__main__":
+    main()
