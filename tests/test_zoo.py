@@ -212,3 +212,14 @@ def test_check_subset_is_fixed():
     a, b = test_subset(100, 9673), test_subset(100, 9673)
     assert (a == b).all() and len(set(a.tolist())) == 100 and (a[:-1] < a[1:]).all()
     assert len(test_subset(None, 50)) == 50
+
+
+def test_yes_no_questions_are_balanced_and_correct():
+    facts = D.image_facts(_square_image(), {})                    # a teal rectangle
+    rng = np.random.default_rng(0)
+    pairs = [D.yes_no_qa(facts, rng) for _ in range(400)]
+    assert 0.4 < np.mean([a == "yes" for _, a in pairs]) < 0.6
+    for question, answer in pairs:
+        present = "teal" in question or "rectangle" in question
+        negated = " not " in question or question.startswith("is no ")
+        assert answer == ("yes" if present != negated else "no"), question

@@ -222,6 +222,30 @@ def extra_qa(f: ImageFacts, rng: np.random.Generator) -> tuple[str, str]:
     return q, a
 
 
+# easy-vqa's own yes/no phrasings ({} = a colour + " shape", or a shape name)
+_YES_NO = ("is there a {}?", "is there a {} in the image?", "does the image contain a {}?", "is a {} present?")
+_YES_NO_NEGATED = ("is there not a {}?", "is there not a {} in the image?", "does the image not contain a {}?",
+                   "is no {} present?")
+
+
+def yes_no_qa(f: ImageFacts, rng: np.random.Generator) -> tuple[str, str]:
+    """A balanced yes/no question in easy-vqa's phrasing: half about the image's own colour / shape.
+
+    easy-vqa's own yes/no questions mostly ask about an absent colour or shape, so "is there a X?" ->
+    "no" and "is there not a X?" -> "yes" score ~82 % without looking at the image; a model trained on
+    them alone learns exactly that. These questions make the image necessary.
+    """
+    about_color = rng.random() < 0.5
+    true_value = f.color if about_color else f.shape
+    values = COLORS if about_color else SHAPES
+    value = true_value if rng.random() < 0.5 else [v for v in values if v != true_value][int(rng.integers(len(values) - 1))]
+    negated = rng.random() < 0.5
+    templates = _YES_NO_NEGATED if negated else _YES_NO
+    question = templates[int(rng.integers(len(templates)))].format(f"{value} shape" if about_color else value)
+    answer = "yes" if (value == true_value) != negated else "no"
+    return question, answer
+
+
 def answer_text(answer: str) -> str:
     """The assistant's reply to an easy-vqa question: 'blue' -> 'Blue.'"""
     return answer.capitalize() + "."

@@ -5,18 +5,20 @@ Two stages, one resumable run (`--resume` continues from `<out>/last.pt`, stage 
 1. `vision`: the tower alone learns the image's colour and shape (cross-entropy on the pooled
    features), which 4x4 patches the shape covers, and its centroid and size. Minutes on 2 cores.
 2. `lm`: tower (low LR) + connector + new-token embeddings + LoRA on every linear layer of the LM
-   learn to answer. Each step packs, per image, its easy-vqa QA pairs, one multi-sentence
+   learn to answer. Each step packs, per image, its easy-vqa QA pairs, balanced yes/no questions
+   (`data.yes_no_qa`: easy-vqa's own are answerable from the question alone), one multi-sentence
    description and one more grounded question into one sequence (see `dream.zoo.packing`), plus
    one text-only row of SmolLM2's own replies to text prompts (generated once, LoRA off, cached in
    `<out>/text_distill.json`) so the LM stays the instruct model it was. The LM runs in bf16, the LM
    head only at answer positions.
 
-The held-out validation images are `val_images` train images (every k-th id), never trained on.
-Validation "exact" is greedy-exact by construction: an answer counts when the argmax at every answer
-position (its <|im_end|> included) is the answer token, which is what greedy decoding would emit.
+The held-out validation images are `val_images` train images (every k-th id), never trained on
+(`dream.zoo.objectives` says what "exact" means). `--init-from ASSETS` starts stage 2 afresh from
+shipped weights (tower, connector, LoRA, new-token rows) instead of from stage 1.
 
   python -m dream.zoo.train_vision --out runs/vision                 # fresh run
   python -m dream.zoo.train_vision --out runs/vision --resume        # continue
+  python -m dream.zoo.train_vision --out runs/ft --init-from dream/assets/smolvlm-135m --lm-steps 400
   python -m dream.zoo.train_vision --export runs/vision/best.pt      # -> dream/assets/smolvlm-135m/
 """
 
@@ -34,13 +36,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dream.zoo import data as D
 from dream.zoo import model as M
+from dream.zoo.export import export
+from dream.zoo.objectives import VisionHeads, distill_text, eval_lm, eval_text, eval_vision, log, vision_losses
 from dream.zoo.packing import Packer, pack, packed_loss
-from dream.zoo.spec import NEW_TOKENS, ZooSpec
+from dream.zoo.spec import ZooSpec
+from dream.zoo.train_data import Images, turns_for
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,9 @@ class TrainConfig:
     # stage 2: tower + connector + new-token rows + LoRA on packed QA and descriptions
     lm_steps: int = 4000
     lm_batch: int = 4            # images per step
-    max_qa_per_image: int = 8    # easy-vqa turns per image per step (they have ~9.6)
-    text_turns: int = 2          # text-only self-distillation turns per step (one extra row)
+    max_qa_per_image: int = 6    # easy-vqa turns per image per step (they have ~9.6)
+    yes_no_per_image: int = 4    # balanced yes/no turns per image per step (half about its own colour / shape)
+    text_turns: int = 3          # text-only self-distillation turns per step (one extra row)
     text_max_new_tokens: int = 160   # longer SmolLM2 replies are dropped from the distillation set
     lora_lr: float = 4e-4
     connector_lr: float = 1e-3
@@ -77,10 +82,6 @@ class TrainConfig:
         return cls(**d)
 
 
-def log(msg: str) -> None:
-    print(time.strftime("%H:%M:%S"), msg, flush=True)
-
-
 def set_threads(requested: int) -> int:
     """torch.set_num_threads(requested), or with 0 pick 1-2 from the load other processes put on 2 cores.
 
@@ -95,163 +96,6 @@ def set_threads(requested: int) -> int:
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     return threads
-
-
-# ------------------------------------------------------------------------------------------- data
-class Images:
-    """The train split as tensors, split into train / validation ids."""
-
-    def __init__(self, cfg: TrainConfig):
-        self.split = D.load_split("train")
-        n = len(self.split.image_ids)
-        stride = n // cfg.val_images
-        val = set(range(0, n, stride)[: cfg.val_images])
-        self.val_rows = sorted(val)
-        self.train_rows = [r for r in range(n) if r not in val]
-        pixels = torch.from_numpy(self.split.pixels).permute(0, 3, 1, 2).float()
-        self.pixel_values = (pixels / 255.0 - 0.5) / 0.5                      # [N, 3, 64, 64], as the processor
-        self.masks = torch.from_numpy(self.split.masks).float()               # [N, 64, 64]
-        facts = [self.split.facts[i] for i in self.split.image_ids]
-        self.color = torch.tensor([D.COLORS.index(f.color) for f in facts])
-        self.shape = torch.tensor([D.SHAPES.index(f.shape) for f in facts])
-        self.geometry = torch.tensor([[f.cx, f.cy, math.sqrt(f.area)] for f in facts])
-
-    def facts(self, row: int, flip: bool) -> D.ImageFacts:
-        f = self.split.facts[self.split.image_ids[row]]
-        return f.flipped() if flip else f
-
-    def qa(self, row: int) -> list[tuple[str, str]]:
-        return self.split.qa[self.split.image_ids[row]]
-
-
-def turns_for(images: Images, row: int, flip: bool, rng: np.random.Generator, cfg: TrainConfig):
-    """All (up to max_qa_per_image) easy-vqa turns of an image + a description + one extra question."""
-    facts = images.facts(row, flip)
-    qa = list(images.qa(row))
-    rng.shuffle(qa)
-    turns = []
-    for question, answer in qa[: cfg.max_qa_per_image]:
-        if rng.random() < 0.5:
-            question = question[0].upper() + question[1:]
-        turns.append((question, D.answer_text(answer)))
-    prompt = D.DESCRIBE_PROMPTS[int(rng.integers(len(D.DESCRIBE_PROMPTS)))]
-    turns.append((prompt, D.describe(facts, rng)))
-    turns.append(D.extra_qa(facts, rng))
-    return turns
-
-
-# ---------------------------------------------------------------------------------------- stage 1
-class VisionHeads(nn.Module):
-    """Supervision heads on the tower (not shipped): colour, shape, per-patch coverage, geometry."""
-
-    def __init__(self, hidden: int):
-        super().__init__()
-        self.color = nn.Linear(hidden, len(D.COLORS))
-        self.shape = nn.Linear(hidden, len(D.SHAPES))
-        self.coverage = nn.Linear(hidden, 1)
-        self.geometry = nn.Linear(hidden, 3)
-
-    def forward(self, features):                       # [B, P, H]
-        pooled = features.mean(1)
-        return (self.color(pooled), self.shape(pooled), self.coverage(features).squeeze(-1),
-                self.geometry(pooled))
-
-
-def vision_losses(tower, heads, images: Images, rows, flips, patch: int):
-    pixels = images.pixel_values[rows]
-    masks = images.masks[rows]
-    geometry = images.geometry[rows].clone()
-    if flips.any():
-        pixels[flips] = pixels[flips].flip(-1)
-        masks[flips] = masks[flips].flip(-1)
-        geometry[flips, 0] = 1.0 - geometry[flips, 0]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        features = tower(pixel_values=pixels).last_hidden_state
-        color, shape, coverage, geo = heads(features)
-    coverage_target = F.avg_pool2d(masks[:, None], patch).flatten(1)          # [B, P] fraction covered
-    losses = dict(
-        color=F.cross_entropy(color.float(), images.color[rows]),
-        shape=F.cross_entropy(shape.float(), images.shape[rows]),
-        coverage=F.binary_cross_entropy_with_logits(coverage.float(), coverage_target),
-        geometry=10 * F.mse_loss(geo.float(), geometry),
-    )
-    acc = dict(color=(color.argmax(-1) == images.color[rows]).float().mean().item(),
-               shape=(shape.argmax(-1) == images.shape[rows]).float().mean().item())
-    return losses, acc
-
-
-@torch.no_grad()
-def eval_vision(tower, heads, images: Images, patch: int) -> dict:
-    rows = torch.tensor(images.val_rows)
-    _, acc = vision_losses(tower, heads, images, rows, torch.zeros(len(rows), dtype=torch.bool), patch)
-    return acc
-
-
-# ---------------------------------------------------------------------------------------- stage 2
-@torch.no_grad()
-def distill_text(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str | None]:
-    """The model's greedy replies to text-only prompts (None where it did not finish)."""
-    tokenizer.padding_side = "left"
-    replies: list[str | None] = []
-    for start in range(0, len(prompts), batch_size):
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                               tokenize=False) for p in prompts[start:start + batch_size]]
-        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        for row in out[:, inputs.input_ids.shape[1]:].tolist():
-            finished = tokenizer.eos_token_id in row
-            text = tokenizer.decode(row[: row.index(tokenizer.eos_token_id)] if finished else row)
-            replies.append(text.strip() if finished and text.strip() else None)
-        log(f"text distillation: {min(start + batch_size, len(prompts))}/{len(prompts)} prompts")
-    return replies
-
-
-@torch.no_grad()
-def eval_text(model, packer: Packer, pairs: list[tuple[str, str]], new_rows) -> float:
-    """Teacher-forced token accuracy on held-out (prompt, SmolLM2 reply) pairs."""
-    correct, total = 0, 0
-    for start in range(0, len(pairs), 4):
-        batch = pack(packer, [(None, pairs[start:start + 4])])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            _, hit, _ = packed_loss(model, batch, packer.image_token_id, packer.new_token_ids, new_rows)
-        correct += int(hit.sum())
-        total += hit.numel()
-    return correct / total
-
-
-@torch.no_grad()
-def eval_lm(model, packer: Packer, images: Images, new_rows, cfg: TrainConfig) -> dict:
-    """Greedy-exact accuracy on the held-out images' easy-vqa questions (+ description token accuracy)."""
-    rows = images.val_rows[: cfg.val_qa_images]
-    exact, total, desc_correct, desc_total = 0, 0, 0, 0
-    by_kind = {"yes/no": [0, 0], "color": [0, 0], "shape": [0, 0]}
-    rng = np.random.default_rng(12345)
-    for start in range(0, len(rows), 4):
-        convs, kinds = [], []
-        for row in rows[start:start + 4]:
-            qa = images.qa(row)
-            turns = [(q, D.answer_text(a)) for q, a in qa]
-            kinds += ["yes/no" if a in ("yes", "no") else "color" if a in D.COLORS else "shape" for _, a in qa]
-            turns.append(("Describe this image.", D.describe(images.facts(row, False), rng)))
-            kinds.append("describe")
-            convs.append((images.pixel_values[row], turns))
-        batch = pack(packer, convs)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            _, correct, turn_exact = packed_loss(model, batch, packer.image_token_id, packer.new_token_ids, new_rows)
-        for t, kind in enumerate(kinds):
-            if kind == "describe":
-                hit = correct[batch.turn_of == t]
-                desc_correct += hit.sum().item()
-                desc_total += hit.numel()
-            else:
-                by_kind[kind][0] += int(turn_exact[t])
-                by_kind[kind][1] += 1
-                exact += int(turn_exact[t])
-                total += 1
-    out = {"exact": exact / total, "describe_token_acc": desc_correct / desc_total}
-    out.update({k: v[0] / max(v[1], 1) for k, v in by_kind.items()})
-    return out
 
 
 def cosine(step: int, warmup: int, total: int, floor: float) -> float:
@@ -284,7 +128,7 @@ class Trainer:
         first = self.packer.new_token_ids
         self.new_rows = nn.Parameter(text.embed_tokens.weight[first].float().clone())   # [4, H]
         self.heads = VisionHeads(spec.vision_hidden)
-        self.images = Images(cfg)
+        self.images = Images(cfg.val_images)
         self.text_train, self.text_val = self._text_pairs(tokenizer)     # before any LoRA weights load
         self.stage, self.step, self.best = "vision", 0, -1.0
         self.history: list[dict] = []
@@ -381,6 +225,20 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         log(f"resumed {path}: stage {self.stage} step {self.step} best {self.best:.4f}")
 
+    def init_from(self, assets: Path) -> None:
+        """Start stage 2 at step 0 from shipped weights (their spec must be this run's)."""
+        from safetensors.torch import load_file
+
+        if ZooSpec.load(assets / M.SPEC_FILE).to_dict() != self.spec.to_dict():
+            raise ValueError(f"{assets} was exported with a different spec")
+        state = {k: v.float() for k, v in load_file(assets / M.VISION_FILE).items()}
+        state.update({k: v.float() for k, v in load_file(assets / M.LM_DELTA_FILE).items()})
+        state.update({f"heads.{k}": v for k, v in self.heads.state_dict().items()})   # stage-1 only, not shipped
+        self.load_trainable(state)
+        self.stage, self.step = "lm", 0
+        self.optimizer = self._optimizer()
+        log(f"stage 2 starts from {assets}")
+
     # -- stages ------------------------------------------------------------------------------
     def run(self) -> None:
         set_threads(self.cfg.threads)
@@ -441,7 +299,7 @@ class Trainer:
             rng = np.random.default_rng([cfg.seed, step, b])
             flip = bool(rng.random() < 0.5)
             pixels = self.images.pixel_values[row]
-            convs.append((pixels.flip(-1) if flip else pixels, turns_for(self.images, row, flip, rng, cfg)))
+            convs.append((pixels.flip(-1) if flip else pixels, turns_for(self.images, row, flip, rng, cfg.max_qa_per_image, cfg.yes_no_per_image)))
         if cfg.text_turns:
             rng = np.random.default_rng([cfg.seed, step, cfg.lm_batch])
             picks = rng.choice(len(self.text_train), size=cfg.text_turns, replace=False)
@@ -478,7 +336,7 @@ class Trainer:
                 set_threads(cfg.threads)
             if self.step % cfg.eval_every == 0 or self.step == cfg.lm_steps:
                 model.eval()
-                val = eval_lm(model, self.packer, self.images, self.new_rows, cfg)
+                val = eval_lm(model, self.packer, self.images, self.new_rows, cfg.val_qa_images)
                 val["text_token_acc"] = eval_text(model, self.packer, self.text_val, self.new_rows)
                 model.train()
                 self.history.append({"stage": "lm", "step": self.step, **val})
@@ -497,34 +355,12 @@ class Trainer:
         log("done")
 
 
-# ------------------------------------------------------------------------------------------ export
-def export(ckpt_path: Path, assets: Path) -> None:
-    """A checkpoint's shipped parts -> bf16 safetensors + spec.json + train_info.json in `assets`."""
-    from safetensors.torch import save_file
-
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    spec = ZooSpec.from_dict(ckpt["spec"])
-    state = ckpt["trainable"]
-    vision = {k: v.to(torch.bfloat16).contiguous() for k, v in state.items()
-              if k.startswith(("model.vision_model.", "model.connector."))}
-    delta = {k: v.to(torch.bfloat16).contiguous() for k, v in state.items() if "lora_" in k or k == M.NEW_EMBED_KEY}
-    assets.mkdir(parents=True, exist_ok=True)
-    save_file(vision, assets / M.VISION_FILE)
-    save_file(delta, assets / M.LM_DELTA_FILE)
-    spec.save(assets / M.SPEC_FILE)
-    lm_history = [h for h in ckpt["history"] if h["stage"] == "lm"]
-    info = {"checkpoint": str(ckpt_path), "stage": ckpt["stage"], "step": ckpt["step"], "best_val_exact": ckpt["best"],
-            "last_val": lm_history[-1] if lm_history else None, "config": ckpt["config"]}
-    (assets / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    sizes = {p.name: p.stat().st_size for p in assets.iterdir()}
-    log(f"exported {ckpt_path} (stage {ckpt['stage']} step {ckpt['step']}) -> {assets}: {sizes}")
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dream.zoo.train_vision", description=__doc__.split("\n")[0])
     parser.add_argument("--export", metavar="CKPT", help="export a checkpoint to the assets folder and exit")
     parser.add_argument("--assets", default=str(M.assets_dir("smolvlm-135m")), help="export destination")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    parser.add_argument("--init-from", metavar="ASSETS", help="start stage 2 from exported weights in this folder")
     for field in dataclasses.fields(TrainConfig):
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
     args = parser.parse_args(argv)
@@ -544,6 +380,8 @@ def main(argv=None) -> None:
         if not last.exists():
             sys.exit(f"--resume: {last} does not exist")
         trainer.resume(last)
+    elif args.init_from:
+        trainer.init_from(Path(args.init_from))
     trainer.run()
 
 
