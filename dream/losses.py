@@ -45,11 +45,6 @@ class LossTerms:
     kl: Tensor
     num_tokens: int          # loss-masked tokens averaged over
 
-    def as_floats(self) -> dict[str, float]:
-        """For logging."""
-        return {"loss": self.total.item(), "feature": self.feature.item(), "mid": self.mid.item(),
-                "kl": self.kl.item(), "tokens": float(self.num_tokens)}
-
 
 def draft_loss(
     *,

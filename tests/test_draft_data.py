@@ -5,7 +5,7 @@ import json
 from easy_vqa import get_train_image_paths
 
 from dream.data import load_images, load_llava_json
-from dream.zoo.draft_data import HELD_OUT_PHOTOS, make_dataset
+from dream.zoo.draft_data import HELD_OUT_PHOTOS, asks_easy_vqa_question, make_dataset
 
 
 def test_dataset_is_llava_format_and_reproducible(tmp_path):
@@ -22,3 +22,11 @@ def test_dataset_is_llava_format_and_reproducible(tmp_path):
     train = get_train_image_paths()
     for name in (n for n in names if n.startswith("evqa_")):
         assert (first.parent / "images" / name).read_bytes() == open(train[int(name[5:-4])], "rb").read()
+
+
+def test_one_word_questions_come_first(tmp_path):
+    """Datagen batches consecutive entries: easy-vqa questions (one-word answers) are grouped before the rest."""
+    entries = json.loads(make_dataset(tmp_path, samples=60, seed=1).read_text())
+    short = [asks_easy_vqa_question(e) for e in entries]
+    assert any(short) and not all(short)
+    assert short == sorted(short, reverse=True)

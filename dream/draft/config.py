@@ -54,10 +54,6 @@ class DraftConfig:
     def num_self_blocks(self) -> int:
         return sum(b == "self" for b in self.blocks)
 
-    @property
-    def output_vocab_size(self) -> int:
-        return self.draft_vocab_size or self.vocab_size
-
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["blocks"] = list(self.blocks)

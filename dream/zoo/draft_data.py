@@ -57,6 +57,11 @@ def _easy_vqa_entries(samples: int, rng: np.random.Generator, images: Path) -> l
     return entries
 
 
+def asks_easy_vqa_question(entry: dict) -> bool:
+    first = entry["conversations"][0]["value"].removeprefix("<image>\n")
+    return entry["id"].startswith("evqa-") and first not in DESCRIBE + OPEN
+
+
 def _photo_entries(rng: np.random.Generator, images: Path, size: int = 128) -> list[dict]:
     import skimage.data
 
@@ -78,10 +83,13 @@ def make_dataset(out: Path, samples: int, seed: int = 0) -> Path:
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     entries = _easy_vqa_entries(samples, rng, images) + _photo_entries(rng, images)
-    order = rng.permutation(len(entries))
+    entries = [entries[i] for i in rng.permutation(len(entries))]
+    # One-word answers first, then the rest: a batched `generate` runs as long as its longest answer,
+    # so grouping similar lengths makes datagen about twice as fast. Training draws batches at random.
+    entries.sort(key=lambda e: not asks_easy_vqa_question(e))
     data = out / "data.json"
     tmp = data.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps([entries[i] for i in order], indent=1))
+    tmp.write_text(json.dumps(entries, indent=1))
     tmp.replace(data)
     return data
 
