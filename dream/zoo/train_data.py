@@ -36,10 +36,11 @@ class Images:
         return self.split.qa[self.split.image_ids[row]]
 
 
-def turns_for(images: Images, row: int, flip: bool, rng: np.random.Generator, max_qa: int, yes_no: int):
+def turns_for(images: Images, row: int, flip: bool, rng: np.random.Generator, max_qa: int, yes_no: int,
+              own_yes_no: bool = True):
     """Up to `max_qa` easy-vqa turns of an image, `yes_no` balanced yes/no turns, a description, one more question."""
     facts = images.facts(row, flip)
-    qa = list(images.qa(row))
+    qa = [(q, a) for q, a in images.qa(row) if own_yes_no or a not in ("yes", "no")]
     rng.shuffle(qa)
     turns = []
     for question, answer in qa[:max_qa]:

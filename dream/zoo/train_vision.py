@@ -62,6 +62,7 @@ class TrainConfig:
     lm_batch: int = 4            # images per step
     max_qa_per_image: int = 6    # easy-vqa turns per image per step (they have ~9.6)
     yes_no_per_image: int = 4    # balanced yes/no turns per image per step (half about its own colour / shape)
+    own_yes_no: bool = True      # also easy-vqa's own yes/no questions (~80 % "absent": a prior to unlearn)
     text_turns: int = 3          # text-only self-distillation turns per step (one extra row)
     text_max_new_tokens: int = 160   # longer SmolLM2 replies are dropped from the distillation set
     lora_lr: float = 4e-4
@@ -299,7 +300,8 @@ class Trainer:
             rng = np.random.default_rng([cfg.seed, step, b])
             flip = bool(rng.random() < 0.5)
             pixels = self.images.pixel_values[row]
-            convs.append((pixels.flip(-1) if flip else pixels, turns_for(self.images, row, flip, rng, cfg.max_qa_per_image, cfg.yes_no_per_image)))
+            convs.append((pixels.flip(-1) if flip else pixels, turns_for(self.images, row, flip, rng, cfg.max_qa_per_image, cfg.yes_no_per_image,
+                                                           cfg.own_yes_no)))
         if cfg.text_turns:
             rng = np.random.default_rng([cfg.seed, step, cfg.lm_batch])
             picks = rng.choice(len(self.text_train), size=cfg.text_turns, replace=False)
@@ -355,6 +357,12 @@ class Trainer:
         log("done")
 
 
+def _yes_or_no(text: str) -> bool:
+    if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "yes", "1")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dream.zoo.train_vision", description=__doc__.split("\n")[0])
     parser.add_argument("--export", metavar="CKPT", help="export a checkpoint to the assets folder and exit")
@@ -362,7 +370,8 @@ def main(argv=None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     parser.add_argument("--init-from", metavar="ASSETS", help="start stage 2 from exported weights in this folder")
     for field in dataclasses.fields(TrainConfig):
-        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
+        kind = _yes_or_no if isinstance(field.default, bool) else type(field.default)
+        parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=field.default)
     args = parser.parse_args(argv)
     if args.export:
         export(Path(args.export), Path(args.assets))
