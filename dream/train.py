@@ -59,7 +59,7 @@ class TrainConfig:
     lr: float = 3e-5
     warmup: int = 100                     # steps of linear warm-up, then linear decay to the last step
     w_feat: float = 0.2
-    w_mid: float = 0.2
+    w_mid: float | None = None            # None: 0.2 for dream, 0 for eagle2 (EAGLE has no mid supervision)
     w_kl: float = 1.0
     keep_ratio: float | None = None       # visual tokens kept; None: the architecture's default (0.75 / 1.0)
     noise: float = 0.2                    # uniform feature-noise width (0 = off)
@@ -74,6 +74,8 @@ class TrainConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.w_mid is None:
+            object.__setattr__(self, "w_mid", 0.2 if self.arch == "dream" else 0.0)
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -325,7 +327,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--warmup", type=int, default=defaults.warmup)
     parser.add_argument("--w-feat", type=float, default=defaults.w_feat)
-    parser.add_argument("--w-mid", type=float, default=defaults.w_mid)
+    parser.add_argument("--w-mid", type=float, default=None, help="default: 0.2 (dream), 0 (eagle2)")
     parser.add_argument("--w-kl", type=float, default=defaults.w_kl)
     parser.add_argument("--keep-ratio", type=float, default=None, help="default: 0.75 (dream), 1.0 (eagle2)")
     parser.add_argument("--noise", type=float, default=defaults.noise)

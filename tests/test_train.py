@@ -164,3 +164,11 @@ def test_reduced_draft_vocabulary(tiny_target_path, tiny_target, shards, tmp_pat
     draft = load_draft(result.draft_dir, target).draft
     assert draft.vocab_map.shape == (48,) and set(target.eos_token_ids) <= set(draft.vocab_map.tolist())
     assert 0.0 <= result.evaluations[-1]["val_top1"] <= 1.0
+
+
+def test_mid_supervision_defaults_per_architecture():
+    """Only DREAM supervises an early block with the entropy-selected layer; the EAGLE-2 baseline has none."""
+    assert TrainConfig(arch="dream").w_mid == 0.2
+    assert TrainConfig(arch="eagle2").w_mid == 0.0
+    assert TrainConfig(arch="eagle2", w_mid=0.1).w_mid == 0.1
+    assert TrainConfig(arch="dream", w_mid=0.0).weights().mid == 0.0
