@@ -67,6 +67,9 @@ def test_showcase_prefers_a_long_answer_and_the_best_draft():
     assert demo.showcase(fake_result(["vqa", "open", "natural"], ["ar", "pld", "eagle2", "dream"])) == (2, "dream")
     assert demo.showcase(fake_result(["vqa", "describe"], ["ar", "pld", "eagle2"])) == (1, "eagle2")
     assert demo.showcase(fake_result([None, None], ["ar", "pld"])) == (0, "pld")
+    parted = fake_result(["describe", "natural"], ["ar", "dream"])
+    parted.runs["dream"][0] = PromptRun((1, 3), GenerationMetrics())        # a bf16 near tie on prompt 0
+    assert demo.showcase(parted) == (1, "dream")
 
 
 def test_demo_flow_with_a_stand_in_target(tiny_target_path, tmp_path, monkeypatch, capsys):
@@ -83,7 +86,7 @@ def test_demo_flow_with_a_stand_in_target(tiny_target_path, tmp_path, monkeypatc
     assert plot.read_bytes()[:4] == b"\x89PNG"
     doc = json.loads(out.read_text())
     assert list(doc["methods"]) == ["ar", "pld", "dream"] and doc["config"]["dtype"] == "bf16"
-    assert doc["config"]["tree"] == {"top_k": 4, "depth": 3, "total_tokens": 8, "chain": False}
+    assert doc["config"]["tree"] == {"top_k": 3, "depth": 5, "total_tokens": 12, "chain": False}
     assert doc["config"]["num_prompts"] == 4
     assert "prompt (evqa_2.png): Describe this image." in captured.out and "answer (dream" in captured.out
 
