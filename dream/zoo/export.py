@@ -32,4 +32,3 @@ def export(ckpt_path: Path, assets: Path) -> None:
     (assets / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
     sizes = {p.name: p.stat().st_size for p in assets.iterdir()}
     log(f"exported {ckpt_path} (stage {ckpt['stage']} step {ckpt['step']}) -> {assets}: {sizes}")
-

@@ -134,4 +134,3 @@ def eval_lm(model, packer: Packer, images: Images, new_rows, num_images: int) ->
     out = {"exact": exact / total, "describe_token_acc": desc_correct / desc_total}
     out.update({k: v[0] / max(v[1], 1) for k, v in by_kind.items()})
     return out
-

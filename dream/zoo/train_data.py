@@ -56,4 +56,3 @@ def turns_for(images: Images, row: int, flip: bool, rng: np.random.Generator, ma
     turns.append((prompt, D.describe(facts, rng)))
     turns.append(D.extra_qa(facts, rng))
     return turns
-
