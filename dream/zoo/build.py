@@ -82,7 +82,7 @@ def build(name: str = "smolvlm-135m", *, force: bool = False, cache_dir: Path | 
 
 
 def _write(name: str, out: Path) -> None:
-    spec, vision, delta = M.load_shipped(name)
+    spec, vision, delta = M.load_shipped(M.assets_dir(name))
     if spec.name != name:
         raise ValueError(f"assets of {name!r} hold spec {spec.name!r}")
     stamp = _stamp(name)

@@ -185,11 +185,10 @@ def merge_lora_state(model, delta: dict[str, torch.Tensor], scale: float) -> int
 
 
 # ------------------------------------------------------------------------------------ shipped files
-def load_shipped(name: str) -> tuple[ZooSpec, dict, dict]:
-    """(spec, vision state, LM delta) from dream/assets/<name>/."""
+def load_shipped(folder: Path) -> tuple[ZooSpec, dict, dict]:
+    """(spec, vision state, LM delta) from an assets folder (dream/assets/<name>/ or a `--export` destination)."""
     from safetensors.torch import load_file
 
-    folder = assets_dir(name)
     spec = ZooSpec.load(folder / SPEC_FILE)
     return spec, load_file(folder / VISION_FILE), load_file(folder / LM_DELTA_FILE)
 

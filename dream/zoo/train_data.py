@@ -42,17 +42,16 @@ def turns_for(images: Images, row: int, flip: bool, rng: np.random.Generator, ma
     facts = images.facts(row, flip)
     qa = [(q, a) for q, a in images.qa(row) if own_yes_no or a not in ("yes", "no")]
     rng.shuffle(qa)
-    turns = []
-    for question, answer in qa[:max_qa]:
-        if rng.random() < 0.5:
-            question = question[0].upper() + question[1:]
-        turns.append((question, D.answer_text(answer)))
+    turns = [(_capitalised_half_the_time(q, rng), D.answer_text(a)) for q, a in qa[:max_qa]]
     for _ in range(yes_no):
         question, answer = D.yes_no_qa(facts, rng)
-        if rng.random() < 0.5:
-            question = question[0].upper() + question[1:]
-        turns.append((question, D.answer_text(answer)))
+        turns.append((_capitalised_half_the_time(question, rng), D.answer_text(answer)))
     prompt = D.DESCRIBE_PROMPTS[int(rng.integers(len(D.DESCRIBE_PROMPTS)))]
     turns.append((prompt, D.describe(facts, rng)))
     turns.append(D.extra_qa(facts, rng))
     return turns
+
+
+def _capitalised_half_the_time(question: str, rng: np.random.Generator) -> str:
+    """easy-vqa's questions are lower case; users capitalise theirs."""
+    return question[0].upper() + question[1:] if rng.random() < 0.5 else question

@@ -228,12 +228,10 @@ class Trainer:
 
     def init_from(self, assets: Path) -> None:
         """Start stage 2 at step 0 from shipped weights (their spec must be this run's)."""
-        from safetensors.torch import load_file
-
-        if ZooSpec.load(assets / M.SPEC_FILE).to_dict() != self.spec.to_dict():
+        spec, vision, delta = M.load_shipped(assets)
+        if spec.to_dict() != self.spec.to_dict():
             raise ValueError(f"{assets} was exported with a different spec")
-        state = {k: v.float() for k, v in load_file(assets / M.VISION_FILE).items()}
-        state.update({k: v.float() for k, v in load_file(assets / M.LM_DELTA_FILE).items()})
+        state = {k: v.float() for k, v in {**vision, **delta}.items()}
         state.update({f"heads.{k}": v for k, v in self.heads.state_dict().items()})   # stage-1 only, not shipped
         self.load_trainable(state)
         self.stage, self.step = "lm", 0
