@@ -5,8 +5,9 @@ Two stages, one resumable run (`--resume` continues from `<out>/last.pt`, stage 
 1. `vision`: the tower alone learns the image's colour and shape (cross-entropy on the pooled
    features), which 4x4 patches the shape covers, and its centroid and size. Minutes on 2 cores.
 2. `lm`: tower (low LR) + connector + new-token embeddings + LoRA on every linear layer of the LM
-   learn to answer. Each step packs, per image, its easy-vqa QA pairs, balanced yes/no questions
-   (`data.yes_no_qa`: easy-vqa's own are answerable from the question alone), one multi-sentence
+   learn to answer. Each step packs, per image, its easy-vqa colour / shape questions, balanced yes/no
+   questions (`data.yes_no_qa`; easy-vqa's own, ~80 % "absent", teach the prior, so they are off by
+   default: `--own-yes-no true`), one multi-sentence
    description and one more grounded question into one sequence (see `dream.zoo.packing`), plus
    one text-only row of SmolLM2's own replies to text prompts (generated once, LoRA off, cached in
    `<out>/text_distill.json`) so the LM stays the instruct model it was. The LM runs in bf16, the LM
@@ -61,8 +62,8 @@ class TrainConfig:
     lm_steps: int = 4000
     lm_batch: int = 4            # images per step
     max_qa_per_image: int = 6    # easy-vqa turns per image per step (they have ~9.6)
-    yes_no_per_image: int = 4    # balanced yes/no turns per image per step (half about its own colour / shape)
-    own_yes_no: bool = True      # also easy-vqa's own yes/no questions (~80 % "absent": a prior to unlearn)
+    yes_no_per_image: int = 8    # balanced yes/no turns per image per step (half about its own colour / shape)
+    own_yes_no: bool = False     # also easy-vqa's own yes/no questions? (~80 % "absent": the model learns the prior)
     text_turns: int = 3          # text-only self-distillation turns per step (one extra row)
     text_max_new_tokens: int = 160   # longer SmolLM2 replies are dropped from the distillation set
     lora_lr: float = 4e-4
