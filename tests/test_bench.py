@@ -12,14 +12,14 @@ import pytest
 import torch
 from fixtures import tiny_image
 
-import dream.bench
-import dream.bench_run
-import dream.bench_setup
-from dream.bench_run import BenchSettings, run_bench
-from dream.bench_setup import Method, shipped_drafts
+import dream.commands.bench
+import dream.bench.run
+import dream.methods
+from dream.bench.run import BenchSettings, run_bench
+from dream.methods import Method, shipped_drafts
 from dream.cli import main
 from dream.draft import DraftConfig, build_draft, save_draft
-from dream.prompts import load_image, read_prompts
+from dream.bench.prompts import load_image, read_prompts
 from dream.target import TargetAdapter
 
 FAST = ["--dtype", "fp32", "--max-new-tokens", "8", "--tree-top-k", "2", "--depth", "2", "--total-tokens", "4"]
@@ -131,7 +131,7 @@ ERRORS = {
 
 @pytest.mark.parametrize("case", sorted(ERRORS))
 def test_bench_user_errors_are_one_line_before_timing(setup, tmp_path, capsys, monkeypatch, case):
-    monkeypatch.setattr(dream.bench, "run_bench", lambda *a, **k: pytest.fail("timing started"))
+    monkeypatch.setattr(dream.commands.bench, "run_bench", lambda *a, **k: pytest.fail("timing started"))
     extra, expected = ERRORS[case]
     args = ["bench", "--target", str(setup["target"]), "--prompts", str(setup["prompts"]), *FAST]
     rc = main(args + extra(setup, tmp_path))
@@ -144,13 +144,13 @@ def test_bench_user_errors_are_one_line_before_timing(setup, tmp_path, capsys, m
 
 def test_run_bench_warms_up_then_interleaves_and_rotates(setup, monkeypatch):
     calls: list[tuple[str, int]] = []
-    real_generate = dream.bench_run.generate
+    real_generate = dream.bench.run.generate
 
     def recording(target, inputs, *, proposer, seed, **kwargs):
         calls.append((type(proposer).__name__, seed))
         return real_generate(target, inputs, proposer=proposer, seed=seed, **kwargs)
 
-    monkeypatch.setattr(dream.bench_run, "generate", recording)
+    monkeypatch.setattr(dream.bench.run, "generate", recording)
     target = TargetAdapter.from_pretrained(setup["target"])
     prompts = read_prompts(setup["prompts"])
     settings = BenchSettings(max_new_tokens=3, seed=10, warmup=2)
@@ -197,7 +197,7 @@ def test_load_image_names_the_file(tmp_path):
 
 
 def test_shipped_drafts_skip_missing_with_a_warning(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(dream.bench_setup, "SHIPPED_DRAFTS", tmp_path)
+    monkeypatch.setattr(dream.methods, "SHIPPED_DRAFTS", tmp_path)
     (tmp_path / "dream").mkdir()
     (tmp_path / "dream" / "config.json").write_text("{}")
     with caplog.at_level("WARNING"):

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from dream.compression import num_kept, prune, select_kept_positions
+from dream.draft.compression import num_kept, prune, select_kept_positions
 
 
 def test_keeps_exactly_the_top_fraction_and_all_text():

@@ -15,11 +15,11 @@ import torch
 from safetensors import safe_open
 
 from dream.cli import main as cli_main
-from dream.data import conversation_inputs, load_images, load_llava_json, prompt_inputs
-from dream.datagen import DatagenConfig, generate_batch, parse_layer_window, run_datagen
+from dream.training.data import conversation_inputs, load_images, load_llava_json, prompt_inputs
+from dream.training.datagen import DatagenConfig, generate_batch, parse_layer_window, run_datagen
 from dream.engine import generate
-from dream.entropy import LayerWindow, attention_entropy
-from dream.shards import ShardDataset
+from dream.training.entropy import LayerWindow, attention_entropy
+from dream.training.shards import ShardDataset
 from fixtures import stock_model, tiny_image
 
 QUESTION = "<image>\nWhat is in the picture?"

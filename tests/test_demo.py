@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 import dream.commands.demo as demo
-from dream.bench_run import BenchResult, PromptRun
-from dream.bench_setup import DraftSpec
+from dream.bench.run import BenchResult, PromptRun
+from dream.methods import DraftSpec
 from dream.cli import main
 from dream.draft import DraftConfig, build_draft, save_draft
 from dream.metrics import GenerationMetrics
-from dream.prompts import ASSETS_PROMPTS, DEMO_PROMPTS, HELDOUT_PROMPTS, read_prompts
+from dream.bench.prompts import ASSETS_PROMPTS, DEMO_PROMPTS, HELDOUT_PROMPTS, read_prompts
 from dream.target import TargetAdapter
 
 REPO = Path(__file__).resolve().parent.parent

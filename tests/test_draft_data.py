@@ -4,7 +4,7 @@ import json
 
 from easy_vqa import get_train_image_paths
 
-from dream.data import load_images, load_llava_json
+from dream.training.data import load_images, load_llava_json
 from dream.zoo.draft_data import HELD_OUT_PHOTOS, asks_easy_vqa_question, make_dataset
 
 

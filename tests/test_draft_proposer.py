@@ -11,10 +11,10 @@ from fixtures import open_draft, tiny_image
 from torch import Tensor
 
 import dream.draft.proposer as proposer_module
-from dream.compression import select_kept_positions
+from dream.draft.compression import select_kept_positions
 from dream.draft import DraftConfig, DraftProposer, SharedHead, build_draft, frequent_vocab_map, target_head
 from dream.engine import generate
-from dream.losses import LossWeights, teacher_forced_loss
+from dream.training.losses import LossWeights, teacher_forced_loss
 from dream.proposer import AcceptedStep, PromptState
 from dream.sampling import SamplingConfig
 from dream.target import TargetInputs

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from dream.entropy import (
+from dream.training.entropy import (
     LayerWindow,
     attention_entropy,
     entropy_report,

@@ -1,4 +1,4 @@
-"""`dream entropy` on a tiny target: the JSON report and the table agree with dream.entropy computed directly
+"""`dream entropy` on a tiny target: the JSON report and the table agree with dream.training.entropy computed directly
 over the same tokens, the plot is written, missing images are counted, and an unusable dataset is a
 one-line error."""
 
@@ -9,8 +9,8 @@ import json
 import torch
 
 from dream.cli import main as cli_main
-from dream.data import conversation_inputs, load_images, load_llava_json
-from dream.entropy import LayerWindow, entropy_report
+from dream.training.data import conversation_inputs, load_images, load_llava_json
+from dream.training.entropy import LayerWindow, entropy_report
 from test_datagen import write_dataset
 
 
@@ -22,7 +22,7 @@ def test_report_json_plot_and_table(tiny_target_path, tiny_target, tmp_path, cap
     assert code == 0
     report = json.loads((tmp_path / "e.json").read_text())
     target = tiny_target("gemma3")
-    # Reference: the same statistics straight from dream.entropy over the response-predicting tokens.
+    # Reference: the same statistics straight from dream.training.entropy over the response-predicting tokens.
     entropies = []
     for conversation in load_llava_json(data):
         images = load_images(conversation, data.parent)

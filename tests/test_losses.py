@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dream.draft import DraftConfig, SharedHead, build_draft
-from dream.losses import LossWeights, draft_loss, draft_loss_reference, teacher_forced_loss
+from dream.training.losses import LossWeights, draft_loss, draft_loss_reference, teacher_forced_loss
 
 B, S, H, V = 2, 6, 8, 11
 

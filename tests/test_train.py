@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from dream.cli import main as cli_main
-from dream.data import load_images, load_llava_json, prompt_inputs
-from dream.datagen import run_datagen
+from dream.training.data import load_images, load_llava_json, prompt_inputs
+from dream.training.datagen import run_datagen
 from dream.draft import DraftProposer, load_draft
 from dream.engine import generate
-from dream.train import TrainConfig, train
-from dream.train_checkpoint import list_checkpoints, load_checkpoint
+from dream.training.train import TrainConfig, train
+from dream.training.checkpoint import list_checkpoints, load_checkpoint
 from dream.tree import TreeConfig
 from fixtures import build_tiny_target
 from test_datagen import make_config, write_dataset

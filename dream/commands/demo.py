@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from dream.bench import add_threads_argument, bench_config, execute, set_threads
-from dream.bench_run import BenchResult, BenchSettings
-from dream.bench_setup import CPU_TREE, load_methods, load_target, resolve_target_path, shipped_drafts
-from dream.prompts import DEMO_PROMPTS, read_prompts
+from dream.commands.bench import add_threads_argument, bench_config, execute, set_threads
+from dream.bench.run import BenchResult, BenchSettings
+from dream.methods import CPU_TREE, load_methods, load_target, resolve_target_path, shipped_drafts
+from dream.bench.prompts import DEMO_PROMPTS, read_prompts
 from dream.sampling import SamplingConfig
 
 TARGET = "smolvlm-135m"

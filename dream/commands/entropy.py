@@ -20,9 +20,9 @@ from typing import Iterator
 import torch
 from tqdm import tqdm
 
-from dream.data import Conversation, conversation_inputs, load_images, load_llava_json, load_target
-from dream.datagen import DTYPES, parse_layer_window
-from dream.entropy import EntropyReport, LayerWindow, entropy_report, plot_entropy_report
+from dream.training.data import Conversation, conversation_inputs, load_images, load_llava_json, load_target
+from dream.training.datagen import DTYPES, parse_layer_window
+from dream.training.entropy import EntropyReport, LayerWindow, entropy_report, plot_entropy_report
 from dream.target import TargetAdapter
 
 

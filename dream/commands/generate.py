@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from dream.bench_setup import (
+from dream.methods import (
     DTYPES,
     SHIPPED_DRAFTS,
     DraftSpec,
@@ -31,7 +31,7 @@ from dream.bench_setup import (
     tree_from_args,
 )
 from dream.engine import generate
-from dream.prompts import load_image, user_messages
+from dream.bench.prompts import load_image, user_messages
 from dream.sampling import SamplingConfig
 
 METHODS = ("ar", "pld", "dream", "eagle2")

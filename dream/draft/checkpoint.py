@@ -24,7 +24,7 @@ from dream.draft.config import DraftConfig
 from dream.draft.dream_model import DreamDraft
 from dream.draft.eagle_model import Eagle2Draft
 from dream.draft.head import target_head
-from dream.entropy import LayerWindow
+from dream.training.entropy import LayerWindow
 from dream.jsonfile import read_tagged_json
 
 FORMAT = "dream-draft"

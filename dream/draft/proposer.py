@@ -3,7 +3,7 @@
 Per generation the draft keeps a self-attention cache and a memory (see dream.draft.base) over the
 COMMITTED sequence only, with target features; tree nodes live in them only while a tree grows:
 
-  begin(prompt)  the prompt, visual tokens pruned (dream.compression), through the draft in one forward.
+  begin(prompt)  the prompt, visual tokens pruned (dream.draft.compression), through the draft in one forward.
   propose(root)  one forward over the tokens committed since the last round plus the root; then
                  dream.tree.build_tree grows the tree, calling back `expand` on each frontier: a node
                  attends committed tokens and its ancestors (self-attention) and reads committed target
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dream.compression import select_kept_positions
+from dream.draft.compression import select_kept_positions
 from dream.draft.base import DraftModel, DraftState
 from dream.draft.head import target_head
 from dream.proposer import AcceptedStep, PromptState

@@ -14,11 +14,11 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from dream.compression import prune, select_kept_positions
-from dream.distributed import Distributed
+from dream.draft.compression import prune, select_kept_positions
+from dream.training.distributed import Distributed
 from dream.draft import DraftModel
-from dream.losses import LossTerms, LossWeights, draft_loss
-from dream.shards import ShardDataset, ShardSample
+from dream.training.losses import LossTerms, LossWeights, draft_loss
+from dream.training.shards import ShardDataset, ShardSample
 
 
 def split_indices(num_samples: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -80,7 +80,7 @@ class Batch:
 def make_batch(dataset: ShardDataset, indices: Sequence[int], target: Any, keep_ratio: float,
                noise: float, generators: Sequence[torch.Generator] | None, device: torch.device) -> Batch:
     """Samples -> a padded batch. Visual tokens are pruned exactly as DraftProposer.begin prunes them at
-    inference (dream.compression, stored last-layer scores); every per-position tensor goes with them.
+    inference (dream.draft.compression, stored last-layer scores); every per-position tensor goes with them.
     With `generators` (one per sample), uniform noise U(-noise/2, noise/2) is added to the memory only
     (EAGLE's augmentation; its extra 512 / seq_len factor is left out, so the noise does not depend on
     padding)."""
@@ -117,8 +117,8 @@ def _kept(sample: ShardSample, keep_ratio: float) -> Tensor:
 
 def forward_loss(draft: DraftModel, batch: Batch, weights: LossWeights,
                  with_logits: bool = False) -> tuple[LossTerms, Tensor | None]:
-    """The DREAM loss (dream.losses.draft_loss) on one batch, and the draft's logits at the loss tokens when
-    asked. Not dream.losses.teacher_forced_loss: that one feeds the same features as memory input and as
+    """The DREAM loss (dream.training.losses.draft_loss) on one batch, and the draft's logits at the loss tokens when
+    asked. Not dream.training.losses.teacher_forced_loss: that one feeds the same features as memory input and as
     target, while training reads noised features and regresses onto clean ones."""
     sel = batch.loss_mask
     want_logits = bool(weights.kl) or with_logits

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-ASSETS_PROMPTS = Path(__file__).resolve().parent / "assets" / "prompts"
+ASSETS_PROMPTS = Path(__file__).resolve().parents[1] / "assets" / "prompts"
 HELDOUT_PROMPTS = ASSETS_PROMPTS / "heldout.jsonl"
 DEMO_PROMPTS = ASSETS_PROMPTS / "demo.jsonl"
 

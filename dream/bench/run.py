@@ -19,10 +19,10 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from dream.bench_setup import Method, make_proposer
+from dream.methods import Method, make_proposer
 from dream.engine import generate
 from dream.metrics import GenerationMetrics
-from dream.prompts import PromptRecord, user_messages
+from dream.bench.prompts import PromptRecord, user_messages
 from dream.sampling import SamplingConfig
 from dream.target import TargetAdapter, TargetInputs
 from dream.tree import TreeConfig

@@ -11,7 +11,7 @@ transformers' `output_hidden_states` tuple (whose entry 0 is the input embedding
 gathered hidden_states[argmin + 1] with argmin over a window that started at layer 1, i.e. the INPUT of the
 argmin layer; that off-by-one is not reproduced here.
 
-Selections are computed once, offline, with the training data (dream.datagen).
+Selections are computed once, offline, with the training data (dream.training.datagen).
 """
 
 from __future__ import annotations

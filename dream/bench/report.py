@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from dream.bench_run import BenchResult, PromptRun
+from dream.bench.run import BenchResult, PromptRun
 from dream.metrics import GenerationMetrics, aggregate
 
 

@@ -1,8 +1,8 @@
-"""`dream datagen`: LLaVA conversations -> self-distilled draft-training shards (format: dream.shards).
+"""`dream datagen`: LLaVA conversations -> self-distilled draft-training shards (format: dream.training.shards).
 
 Per conversation: the target regenerates every answer greedily, turn by turn, given the conversation so far
 (--keep-answers keeps the dataset's answers), then runs ONCE teacher-forced over the whole conversation and
-records what training needs (dream.shards.SHARD_TENSORS): final features, the entropy-selected layer l* per
+records what training needs (dream.training.shards.SHARD_TENSORS): final features, the entropy-selected layer l* per
 token and that layer's output, last-layer visual scores, and the merged input embeddings at visual
 positions (text embeddings are recomputed from the ids at train time).
 
@@ -14,7 +14,7 @@ Decisions:
   output token for token (tested); in bf16 the two code paths round differently and may part at a
   near-tie (seen after 4 tokens on one prompt): both are greedy decodes of the bf16 target.
 - Answers are kept as the generated token ids and spliced into the conversation in token space
-  (dream.data.conversation_inputs), never decoded and re-encoded.
+  (dream.training.data.conversation_inputs), never decoded and re-encoded.
 - A missing or unreadable image, a conversation longer than the context, or a chat template that cannot
   be split into turns SKIPS the sample (large crawled datasets always hold a few broken files); skipped
   ids and reasons go to the manifest and their count is printed. A file that is not LLaVA format is fatal,
@@ -23,7 +23,7 @@ Decisions:
   assignment never depends on what was skipped and a rerun resumes by skipping finished shards. Every shard
   records a key of the settings, the data file's hash and the target fingerprint; an output directory
   holding shards with another key is refused.
-- Each shard streams to disk sample by sample (dream.shards.ShardWriter) and appears by rename only when
+- Each shard streams to disk sample by sample (dream.training.shards.ShardWriter) and appears by rename only when
   complete; the manifest is written last, atomically. Memory is bounded by one batch.
 - Under torchrun rank r makes shards r, r + world, ...; rank 0 writes the manifest after a barrier.
 """
@@ -45,7 +45,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 from transformers import GenerationConfig
 
-from dream.data import (
+from dream.training.data import (
     PER_TOKEN_KWARGS,
     Answer,
     Conversation,
@@ -55,9 +55,9 @@ from dream.data import (
     load_target,
     prompt_inputs,
 )
-from dream.distributed import init_distributed
-from dream.entropy import LayerWindow, gather_supervision, select_layers
-from dream.shards import FORMAT_VERSION, MANIFEST, MANIFEST_FORMAT, SHARD_TENSORS, ShardWriter
+from dream.training.distributed import init_distributed
+from dream.training.entropy import LayerWindow, gather_supervision, select_layers
+from dream.training.shards import FORMAT_VERSION, MANIFEST, MANIFEST_FORMAT, SHARD_TENSORS, ShardWriter
 from dream.target import TargetAdapter, TargetInputs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -1,7 +1,7 @@
 """The DREAM training loss, with a plain reference beside the fast path.
 
   L = w_feat * SmoothL1(draft final feature, target final feature)
-    + w_mid  * SmoothL1(draft first-block output, target layer-l* output)     (dream.entropy picks l*)
+    + w_mid  * SmoothL1(draft first-block output, target layer-l* output)     (dream.training.entropy picks l*)
     + w_kl   * KL(target token distribution || draft token distribution)
 
 Defaults 0.2 / 0.2 / 1.0 (the paper's). A weight of 0 removes its term and skips its computation (its
@@ -123,7 +123,7 @@ def teacher_forced_loss(
     *,
     input_embeds: Tensor,                 # [B, S, H]
     target_features: Tensor,             # [B, S, H] post-norm final features
-    target_mid: Tensor | None,            # [B, S, H] layer-l* outputs (dream.entropy.gather_supervision)
+    target_mid: Tensor | None,            # [B, S, H] layer-l* outputs (dream.training.entropy.gather_supervision)
     positions: Tensor,                    # [B, S] long
     attention_mask: Tensor | None,        # [B, S] 1 = real token
     loss_mask: Tensor,                    # [B, S] bool

@@ -3,7 +3,7 @@
 Each shard holds the per-sample tensors of `SHARD_TENSORS` concatenated along axis 0, plus `tokens_offsets`
 and `visual_offsets` ([N + 1] int64): sample i's rows are offsets[i]:offsets[i + 1] on its axis. Shard
 metadata (strings): format, settings_key, ids (JSON list of written sample ids), first_entry, num_entries,
-skipped (JSON list of {index, id, reason}), unfinished_answers. manifest.json (written last by dream.datagen)
+skipped (JSON list of {index, id, reason}), unfinished_answers. manifest.json (written last by dream.training.datagen)
 lists the shards and records the target fingerprint and the settings. Written by `ShardWriter`, read by
 `ShardDataset`.
 """

@@ -6,8 +6,8 @@
 
 Without --draft, a zoo target runs its shipped drafts (the ones that exist). Every user error (a bad prompts
 line, a missing image, an unknown method name, a draft for another target, a prompt too long for the
-context) is raised before the first timed generation. The loop is dream.bench_run, the report
-dream.bench_report.
+context) is raised before the first timed generation. The loop is dream.bench.run, the report
+dream.bench.report.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Sequence
 import torch
 import transformers
 
-from dream.bench_report import MethodSummary, format_categories, format_table, json_document, summarize, write_plot
-from dream.bench_run import BenchResult, BenchSettings, run_bench
-from dream.bench_setup import (
+from dream.bench.report import MethodSummary, format_categories, format_table, json_document, summarize, write_plot
+from dream.bench.run import BenchResult, BenchSettings, run_bench
+from dream.methods import (
     DTYPES,
     Method,
     add_tree_arguments,
@@ -44,7 +44,7 @@ from dream.bench_setup import (
     shipped_drafts,
     tree_from_args,
 )
-from dream.prompts import HELDOUT_PROMPTS, PromptRecord, read_prompts
+from dream.bench.prompts import HELDOUT_PROMPTS, PromptRecord, read_prompts
 from dream.sampling import SamplingConfig
 from dream.target import TargetAdapter
 

@@ -8,7 +8,7 @@ A whole conversation becomes ONE target sequence (`conversation_inputs`) through
 template. Answers are located in token space: the prompt of turn t (conversation so far plus the generation
 prompt) must tokenize to a prefix of the whole sequence, and the answer runs from there to the first
 end-of-turn token (one of the target's EOS ids, as when the target generates the answer itself).
-The datagen output format is in dream.shards.
+The datagen output format is in dream.training.shards.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`dream train`: train a DREAM (or EAGLE-2-style) draft on datagen shards.
 
-Loss (dream.losses): w_feat * SmoothL1(final feature) + w_mid * SmoothL1(first-block output vs the output
+Loss (dream.training.losses): w_feat * SmoothL1(final feature) + w_mid * SmoothL1(first-block output vs the output
 of the entropy-selected target layer) + w_kl * KL(target || draft), on response tokens; the target
 distribution is the target's head over the stored features. Visual tokens are pruned with the stored
 last-layer scores, exactly as at inference. AdamW (0.9, 0.95), linear warm-up then linear decay, gradient
@@ -8,9 +8,9 @@ clipping, optional bf16 autocast.
 
 Multi-process (torchrun): DistributedDataParallel, gloo on CPU / nccl on GPU. The global batch is split
 across ranks and each rank's loss is scaled so the averaged gradient is the token-mean over the GLOBAL batch;
-with the deterministic schedule of dream.train_loop, N processes give the weights of one (within float
+with the deterministic schedule of dream.training.loop, N processes give the weights of one (within float
 tolerance). Outputs in --out: `draft/` (save_draft; config.json records these settings and the target
-fingerprint), `checkpoints/` (dream.train_checkpoint), `train_log.jsonl` (one line per step / evaluation).
+fingerprint), `checkpoints/` (dream.training.checkpoint), `train_log.jsonl` (one line per step / evaluation).
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dream.data import load_target
-from dream.distributed import Distributed, init_distributed
+from dream.training.data import load_target
+from dream.training.distributed import Distributed, init_distributed
 from dream.draft import DraftConfig, DraftModel, build_draft, frequent_vocab_map, save_draft, target_head
-from dream.entropy import LayerWindow
-from dream.losses import LossWeights
-from dream.shards import ShardDataset, check_target
-from dream.train_checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from dream.train_loop import (
+from dream.training.entropy import LayerWindow
+from dream.training.losses import LossWeights
+from dream.training.shards import ShardDataset, check_target
+from dream.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from dream.training.loop import (
     BatchSchedule,
     LossModule,
     evaluate,

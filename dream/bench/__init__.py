@@ -1,0 +1,1 @@
+"""The side-by-side benchmark: prompts, the timed loop, the report."""

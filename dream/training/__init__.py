@@ -1,0 +1,1 @@
+"""Training drafts: data generation, shards, entropy selection, losses, the loop, checkpoints, distribution."""
