@@ -15,8 +15,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("dream.commands.generate", "generate an answer for one image and prompt"),
     "bench": ("dream.commands.bench", "compare ar, pld and drafts side by side on a prompts file"),
-    "datagen": ("dream.training.datagen", "make draft-training shards from a LLaVA-format dataset"),
-    "train": ("dream.training.train", "train a DREAM or EAGLE-2-style draft on datagen shards"),
+    "datagen": ("dream.commands.datagen", "make draft-training shards from a LLaVA-format dataset"),
+    "train": ("dream.commands.train", "train a DREAM or EAGLE-2-style draft on datagen shards"),
     "entropy": ("dream.commands.entropy", "report attention entropy by target layer over a dataset"),
     "zoo": ("dream.commands.zoo", "build or check the offline targets"),
     "demo": ("dream.commands.demo", "the main job: build the offline target, run a short side-by-side benchmark"),

@@ -8,7 +8,6 @@ so a mislabelled checkpoint is refused before anything runs.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ log = logging.getLogger(__name__)
 SHIPPED_DRAFTS = Path(__file__).resolve().parent / "assets" / "drafts"
 SHIPPED_NAMES = ("eagle2", "dream")
 BASELINES = ("ar", "pld")
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 _DRAFT_METHOD = re.compile(r"(eagle2|dream|dream-[a-z0-9][a-z0-9._-]*)")
 
 
@@ -92,17 +90,6 @@ def is_zoo_name(target: str) -> bool:
     from dream.zoo.build import ZOO
 
     return target in ZOO
-
-
-def resolve_target_path(target: str) -> Path:
-    """A zoo name (built on first use) or a checkpoint directory."""
-    from dream.zoo.build import resolve_target
-
-    return resolve_target(target)
-
-
-def load_target(path: Path, dtype: torch.dtype) -> TargetAdapter:
-    return TargetAdapter.from_pretrained(path, dtype=dtype)
 
 
 def parse_keep_ratios(text: str | None) -> list[float]:
@@ -176,17 +163,3 @@ def method_config(method: Method) -> dict:
 # 2.32x; top_k 4, depth 6, 24 nodes 2.57x / 2.77x; top_k 3, depth 5, 12 nodes 2.83x / 3.02x. On a CPU a
 # verify forward costs ~1.2x a decode step at 8-12 nodes and ~1.9x at 32, so a narrow tree wins.
 CPU_TREE = TreeConfig(top_k=3, depth=5, total_tokens=12)
-
-
-def add_tree_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = CPU_TREE
-    parser.add_argument("--tree-top-k", type=int, default=defaults.top_k,
-                        help=f"children per frontier node and frontier width (default {defaults.top_k})")
-    parser.add_argument("--depth", type=int, default=defaults.depth,
-                        help=f"draft steps per round; also pld's chain length (default {defaults.depth})")
-    parser.add_argument("--total-tokens", type=int, default=defaults.total_tokens,
-                        help=f"draft nodes kept per tree (default {defaults.total_tokens})")
-
-
-def tree_from_args(args: argparse.Namespace) -> TreeConfig:
-    return TreeConfig(top_k=args.tree_top_k, depth=args.depth, total_tokens=args.total_tokens)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from fixtures import tiny_image
 
-import dream.commands.bench
+import dream.bench.session
 import dream.bench.run
 import dream.methods
 from dream.bench.run import BenchSettings, run_bench
@@ -131,7 +131,7 @@ ERRORS = {
 
 @pytest.mark.parametrize("case", sorted(ERRORS))
 def test_bench_user_errors_are_one_line_before_timing(setup, tmp_path, capsys, monkeypatch, case):
-    monkeypatch.setattr(dream.commands.bench, "run_bench", lambda *a, **k: pytest.fail("timing started"))
+    monkeypatch.setattr(dream.bench.session, "run_bench", lambda *a, **k: pytest.fail("timing started"))
     extra, expected = ERRORS[case]
     args = ["bench", "--target", str(setup["target"]), "--prompts", str(setup["prompts"]), *FAST]
     rc = main(args + extra(setup, tmp_path))

@@ -47,7 +47,7 @@ def write_dataset(folder: Path, num: int = 6, missing: tuple[int, ...] = (), mul
 
 def make_config(target: Path, data: Path, out: Path, **overrides) -> DatagenConfig:
     settings = dict(target=str(target), data=str(data), image_folder=str(data.parent), out=str(out),
-                    shard_size=3, batch_size=2, max_new_tokens=10, dtype="float32", device="cpu")
+                    shard_size=3, batch_size=2, max_new_tokens=10, dtype="fp32", device="cpu")
     settings.update(overrides)
     return DatagenConfig(**settings)
 
@@ -67,7 +67,7 @@ def response_runs(sample) -> list[list[int]]:
 def test_shards_have_consistent_shapes_and_manifest(tiny_target_path, tiny_target, tmp_path):
     target = tiny_target("llava")
     data = write_dataset(tmp_path / "data", num=7, missing=(4,))
-    manifest = run_datagen(make_config(tiny_target_path("llava"), data, tmp_path / "out", storage_dtype="bfloat16"))
+    manifest = run_datagen(make_config(tiny_target_path("llava"), data, tmp_path / "out", storage_dtype="bf16"))
     assert manifest["num_entries"] == 7 and manifest["num_samples"] == 6
     assert manifest["num_skipped"] == 1 and manifest["skipped"][0]["id"] == "s4"
     assert "image not found" in manifest["skipped"][0]["reason"]
@@ -125,7 +125,7 @@ def test_selected_layer_and_tensors_match_eager_reference(tiny_target_path, tiny
     target = tiny_target(family)
     data = write_dataset(tmp_path / "data", num=2)
     run_datagen(make_config(tiny_target_path(family), data, tmp_path / "out", keep_answers=True,
-                            storage_dtype="float32"))
+                            storage_dtype="fp32"))
     sample = ShardDataset(tmp_path / "out")[1]
     conversation = load_llava_json(data)[1]
     images = load_images(conversation, data.parent)
@@ -226,7 +226,7 @@ def test_bad_data_is_one_line_error_and_writes_nothing(tiny_target_path, tmp_pat
 def test_all_images_missing_gives_empty_counted_shards(tiny_target_path, tmp_path, capsys):
     data = write_dataset(tmp_path / "data", num=2, missing=(0, 1))
     code = cli_main(["datagen", "--target", str(tiny_target_path("llava")), "--data", str(data),
-                     "--image-folder", str(data.parent), "--out", str(tmp_path / "out"), "--dtype", "float32",
+                     "--image-folder", str(data.parent), "--out", str(tmp_path / "out"), "--dtype", "fp32",
                      "--max-new-tokens", "4"])
     assert code == 0 and "skipped 2 of 2 entries" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -246,7 +246,7 @@ def test_two_processes_write_the_shards_of_one(tiny_target_path, tmp_path):
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                     "-m", "dream.cli", "datagen", "--target", str(tiny_target_path("llava")), "--data", str(data),
                     "--image-folder", str(data.parent), "--out", str(tmp_path / "two"), "--shard-size", "3",
-                    "--batch-size", "2", "--max-new-tokens", "10", "--dtype", "float32", "--device", "cpu"],
+                    "--batch-size", "2", "--max-new-tokens", "10", "--dtype", "fp32", "--device", "cpu"],
                    check=True, env=env, cwd=repo, capture_output=True)
     double = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert double["shards"] == single["shards"]

@@ -16,6 +16,7 @@ import torch
 import dream.commands.demo as demo
 from dream.bench.run import BenchResult, PromptRun
 from dream.methods import DraftSpec
+from dream.settings import DEFAULT_MAX_NEW_TOKENS
 from dream.cli import main
 from dream.draft import DraftConfig, build_draft, save_draft
 from dream.metrics import GenerationMetrics
@@ -95,4 +96,4 @@ def test_demo_defaults():
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
     args = parser.parse_args([])
-    assert args.plot == Path("demo.png") and args.max_new_tokens == 64 and args.json is None
+    assert args.plot == Path("demo.png") and args.max_new_tokens == DEFAULT_MAX_NEW_TOKENS and args.json is None

@@ -18,7 +18,7 @@ def test_report_json_plot_and_table(tiny_target_path, tiny_target, tmp_path, cap
     data = write_dataset(tmp_path / "data", num=4, missing=(2,))
     code = cli_main(["entropy", "--target", str(tiny_target_path("gemma3")), "--data", str(data),
                      "--image-folder", str(data.parent), "--layer-window", "1:", "--plot", str(tmp_path / "e.png"),
-                     "--json", str(tmp_path / "e.json")])
+                     "--json", str(tmp_path / "e.json"), "--dtype", "fp32"])
     assert code == 0
     report = json.loads((tmp_path / "e.json").read_text())
     target = tiny_target("gemma3")

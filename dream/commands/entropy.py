@@ -20,14 +20,15 @@ from typing import Iterator
 import torch
 from tqdm import tqdm
 
-from dream.training.data import Conversation, conversation_inputs, load_images, load_llava_json, load_target
-from dream.training.datagen import DTYPES, parse_layer_window
+from dream.commands.common import add_device_argument, add_dtype_argument, add_target_argument
+from dream.target import TargetAdapter, load_target
+from dream.training.data import Conversation, conversation_inputs, load_images, load_llava_json
+from dream.training.datagen import parse_layer_window
 from dream.training.entropy import EntropyReport, LayerWindow, entropy_report, plot_entropy_report
-from dream.target import TargetAdapter
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", required=True, help="target checkpoint directory or zoo name")
+    add_target_argument(parser)
     parser.add_argument("--data", required=True, help="LLaVA conversation JSON")
     parser.add_argument("--image-folder", required=True, help="folder the JSON's image names are relative to")
     parser.add_argument("--max-samples", type=int, default=None, help="only the first N entries")
@@ -35,12 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="layers the argmin histogram chooses among: A:B (0-based, B excluded)")
     parser.add_argument("--plot", default=None, help="write the two-panel figure here (.png)")
     parser.add_argument("--json", default=None, help="write the report here")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="target compute dtype")
+    add_dtype_argument(parser)
+    add_device_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     conversations = load_llava_json(args.data)[: args.max_samples]
-    target = load_target(args.target, DTYPES[args.dtype])
+    target = load_target(args.target, args.dtype, args.device)
     skipped: list[dict] = []
     try:
         report = entropy_report(_entropies(target, conversations, args.image_folder, skipped),

@@ -17,28 +17,26 @@ import json
 import sys
 from pathlib import Path
 
-from dream.methods import (
-    DTYPES,
-    SHIPPED_DRAFTS,
-    DraftSpec,
+from dream.bench.prompts import load_image, user_messages
+from dream.commands.common import (
+    add_device_argument,
+    add_dtype_argument,
+    add_max_new_tokens_argument,
+    add_target_argument,
     add_tree_arguments,
-    draft_spec,
-    is_zoo_name,
-    load_methods,
-    load_target,
-    make_proposer,
-    resolve_target_path,
     tree_from_args,
 )
 from dream.engine import generate
-from dream.bench.prompts import load_image, user_messages
+from dream.methods import SHIPPED_DRAFTS, DraftSpec, draft_spec, is_zoo_name, load_methods, make_proposer
 from dream.sampling import SamplingConfig
+from dream.settings import torch_dtype
+from dream.target import load_target
 
 METHODS = ("ar", "pld", "dream", "eagle2")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", required=True, help="checkpoint directory or zoo name (smolvlm-135m)")
+    add_target_argument(parser)
     parser.add_argument("--draft", type=Path, metavar="DIR", help="draft checkpoint (for --method dream / eagle2)")
     parser.add_argument("--image", type=Path, metavar="FILE", help="the image (omit for a text-only prompt)")
     parser.add_argument("--prompt", required=True, help="the user's text; sent through the chat template")
@@ -46,9 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    add_max_new_tokens_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    add_dtype_argument(parser)
+    add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     add_tree_arguments(parser)
 
@@ -60,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     image = load_image(args.image) if args.image is not None else None
     draft = draft_spec(args.draft) if args.draft is not None else None
     name, draft_path = choose_method(args.method, draft, args.target)
-    dtype = DTYPES[args.dtype]
-    target = load_target(resolve_target_path(args.target), dtype)
+    dtype = torch_dtype(args.dtype)
+    target = load_target(args.target, dtype, args.device)
     drafts = [] if draft_path is None else [DraftSpec(name, draft_path)]
     method = next(m for m in load_methods(target, drafts, [], dtype) if m.name == name)
     images = [] if image is None else [image]

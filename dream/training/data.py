@@ -212,13 +212,3 @@ def _render(target: Any, conversation: Conversation, texts: Sequence[str], turns
             raise ValueError(f"turn {t} has no end-of-turn token")
         spans.append((start, start + int(stops[0])))
     return render, spans
-
-
-def load_target(name_or_path: str, dtype: torch.dtype = torch.float32,
-                device: torch.device | str = "cpu") -> TargetAdapter:
-    """A target by directory or zoo name (the zoo builds it on first use)."""
-    from dream.zoo import resolve_target  # imported here: the zoo pulls in its build machinery
-
-    target = TargetAdapter.from_pretrained(resolve_target(name_or_path), dtype=dtype)
-    target.model.to(device)
-    return target

@@ -30,7 +30,6 @@ Decisions:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -52,15 +51,14 @@ from dream.training.data import (
     conversation_inputs,
     load_images,
     load_llava_json,
-    load_target,
     prompt_inputs,
 )
 from dream.training.distributed import init_distributed
 from dream.training.entropy import LayerWindow, gather_supervision, select_layers
 from dream.training.shards import FORMAT_VERSION, MANIFEST, MANIFEST_FORMAT, SHARD_TENSORS, ShardWriter
-from dream.target import TargetAdapter, TargetInputs
+from dream.settings import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DTYPES
+from dream.target import TargetAdapter, TargetInputs, load_target
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 Prompt = tuple[Conversation, TargetInputs]
 
 
@@ -74,11 +72,11 @@ class DatagenConfig:
     max_samples: int | None = None        # only the first N entries of the file
     shard_size: int = 256                 # entries per shard (skipped ones count, so shards are stable)
     batch_size: int = 8                   # conversations generated together
-    max_new_tokens: int = 256             # per regenerated answer (an unfinished answer is kept, counted)
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS  # per regenerated answer (an unfinished answer is kept, counted)
     layer_window: LayerWindow = field(default_factory=LayerWindow)   # candidates for l*
-    dtype: str = "bfloat16"               # the target's compute dtype (what inference runs)
-    storage_dtype: str = "bfloat16"       # features and embeddings on disk
-    device: str = "auto"
+    dtype: str = DEFAULT_DTYPE            # the target's compute dtype (what inference runs)
+    storage_dtype: str = DEFAULT_DTYPE    # features and embeddings on disk
+    device: str = DEFAULT_DEVICE          # auto | cpu | cuda (this rank's GPU under torchrun)
 
     def __post_init__(self) -> None:
         for name in ("shard_size", "batch_size", "max_new_tokens"):
@@ -351,36 +349,3 @@ def _write_manifest(out: Path, num_shards: int, cfg: DatagenConfig, data_sha: st
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, out / MANIFEST)
     return manifest
-
-
-# ---- CLI -----------------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", required=True, help="target checkpoint directory or zoo name")
-    parser.add_argument("--data", required=True, help="LLaVA conversation JSON")
-    parser.add_argument("--image-folder", required=True, help="folder the JSON's image names are relative to")
-    parser.add_argument("--out", required=True, help="shard directory (resumed when it exists)")
-    parser.add_argument("--keep-answers", action="store_true", help="keep the dataset's answers (no regeneration)")
-    parser.add_argument("--max-samples", type=int, default=None, help="only the first N entries")
-    parser.add_argument("--shard-size", type=int, default=256, help="entries per shard")
-    parser.add_argument("--batch-size", type=int, default=8, help="conversations generated together")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="per regenerated answer")
-    parser.add_argument("--layer-window", type=parse_layer_window, default=LayerWindow(),
-                        help="candidate layers for the entropy argmin: A:B (0-based, B excluded), or one layer")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="bfloat16", help="target compute dtype")
-    parser.add_argument("--storage-dtype", choices=list(DTYPES), default="bfloat16", help="on-disk dtype")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (this rank's GPU under torchrun)")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = DatagenConfig(
-        target=args.target, data=args.data, image_folder=args.image_folder, out=args.out,
-        keep_answers=args.keep_answers, max_samples=args.max_samples, shard_size=args.shard_size,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, layer_window=args.layer_window,
-        dtype=args.dtype, storage_dtype=args.storage_dtype, device=args.device,
-    )
-    manifest = run_datagen(cfg)
-    if manifest is not None:
-        print(f"{manifest['num_samples']} samples ({manifest['num_tokens']} tokens) in {len(manifest['shards'])} "
-              f"shard(s) at {cfg.out}; skipped {manifest['num_skipped']} of {manifest['num_entries']} entries"
-              + (" (reasons in manifest.json)" if manifest["num_skipped"] else ""))
-    return 0

@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from dream.settings import resolve_device
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -40,17 +42,6 @@ class Distributed:
     def shutdown(self) -> None:
         if self.active and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """"auto": this rank's GPU when there is one, else the CPU; "cuda" means this rank's GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        return torch.device("cuda", local_rank)
-    if device != "cpu":
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    return torch.device("cpu")
 
 
 def init_distributed(device: str = "auto", timeout: timedelta = timedelta(minutes=30)) -> Distributed:

@@ -15,7 +15,6 @@ fingerprint), `checkpoints/` (dream.training.checkpoint), `train_log.jsonl` (one
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -29,9 +28,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dream.training.data import load_target
 from dream.training.distributed import Distributed, init_distributed
+from dream.target import load_target
 from dream.draft import DraftConfig, DraftModel, build_draft, frequent_vocab_map, save_draft, target_head
+from dream.settings import DEFAULT_DTYPE, DTYPES
 from dream.training.entropy import LayerWindow
 from dream.training.losses import LossWeights
 from dream.training.shards import ShardDataset, check_target
@@ -63,7 +63,7 @@ class TrainConfig:
     w_kl: float = 1.0
     keep_ratio: float | None = None       # visual tokens kept; None: the architecture's default (0.75 / 1.0)
     noise: float = 0.2                    # uniform feature-noise width (0 = off)
-    bf16: bool = False                    # bf16 autocast, and the frozen target (embeddings, head) in bf16
+    dtype: str = DEFAULT_DTYPE            # bf16: autocast, and the frozen target (embeddings, head) in bf16
     val_fraction: float = 0.02
     eval_every: int = 500                 # also evaluated before the first and after the last step
     save_every: int = 1000                # checkpoint period (0 = none)
@@ -82,6 +82,8 @@ class TrainConfig:
         for name in ("warmup", "eval_every", "save_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.lr <= 0 or self.noise < 0 or self.grad_clip <= 0:
             raise ValueError("lr and grad_clip must be > 0 and noise >= 0")
         self.weights()                                          # validates the loss weights
@@ -116,7 +118,7 @@ class _Run:
     def __init__(self, cfg: TrainConfig, target_path: str, data_dir: Path, out: Path, ctx: Distributed) -> None:
         self.cfg, self.out, self.ctx, self.data_dir = cfg, out, ctx, data_dir
         self.dataset = ShardDataset(data_dir)
-        self.target = load_target(target_path, torch.bfloat16 if cfg.bf16 else torch.float32, ctx.device)
+        self.target = load_target(target_path, cfg.dtype, ctx.device)
         self.fingerprint = self.target.fingerprint()
         check_target(self.dataset.manifest, self.fingerprint, data_dir)
         self.window = LayerWindow.from_dict(self.dataset.manifest["settings"]["layer_window"])
@@ -133,7 +135,7 @@ class _Run:
         self.optimizer = torch.optim.AdamW(self.draft.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
                                            weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, functools.partial(_lr_factor, cfg))
-        self.autocast = functools.partial(torch.autocast, ctx.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        self.autocast = functools.partial(torch.autocast, ctx.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
 
     def _build_draft(self) -> DraftModel:
         cfg = self.cfg
@@ -313,49 +315,3 @@ def _truncate_log(file: Path, step: int) -> None:
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     file.write_text("".join(line + "\n" for line in kept))
-
-
-# ---- CLI -----------------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainConfig()
-    parser.add_argument("--target", required=True, help="target checkpoint directory or zoo name")
-    parser.add_argument("--data", required=True, help="datagen shard directory")
-    parser.add_argument("--arch", choices=["dream", "eagle2"], default="dream")
-    parser.add_argument("--out", required=True, help="run directory: draft/, checkpoints/, train_log.jsonl")
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global batch")
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--warmup", type=int, default=defaults.warmup)
-    parser.add_argument("--w-feat", type=float, default=defaults.w_feat)
-    parser.add_argument("--w-mid", type=float, default=None, help="default: 0.2 (dream), 0 (eagle2)")
-    parser.add_argument("--w-kl", type=float, default=defaults.w_kl)
-    parser.add_argument("--keep-ratio", type=float, default=None, help="default: 0.75 (dream), 1.0 (eagle2)")
-    parser.add_argument("--noise", type=float, default=defaults.noise)
-    parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
-    parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
-    parser.add_argument("--save-every", type=int, default=defaults.save_every)
-    parser.add_argument("--resume", nargs="?", const="latest", default=None,
-                        help="continue from the newest checkpoint in --out, or from the given checkpoint "
-                             "directory; the settings must be the checkpoint's (except --eval-every/--save-every)")
-    parser.add_argument("--draft-vocab", type=int, default=None)
-    parser.add_argument("--blocks", type=lambda s: tuple(s.split(",")), default=None, help="e.g. self,cross,self")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (this rank's GPU under torchrun)")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = TrainConfig(
-        arch=args.arch, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-        w_feat=args.w_feat, w_mid=args.w_mid, w_kl=args.w_kl, keep_ratio=args.keep_ratio, noise=args.noise,
-        bf16=args.bf16, val_fraction=args.val_fraction, eval_every=args.eval_every, save_every=args.save_every,
-        draft_vocab=args.draft_vocab, blocks=args.blocks, seed=args.seed,
-    )
-    result = train(cfg, args.target, args.data, args.out, resume=args.resume, device=args.device)
-    if result is not None:
-        last = result.evaluations[-1]
-        summary = "no validation"
-        if "val_loss" in last:
-            summary = f"val loss {last['val_loss']:.4f}, top-1 agreement {last['val_top1']:.3f}"
-        print(f"draft saved to {result.draft_dir} ({summary})")
-    return 0

@@ -1,0 +1,86 @@
+"""One benchmark session: the recorded configuration, the timed run, the tables, the JSON and the plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import transformers
+
+from dream.bench.prompts import PromptRecord
+from dream.bench.report import MethodSummary, format_categories, format_table, json_document, summarize, write_plot
+from dream.bench.run import BenchResult, BenchSettings, run_bench
+from dream.methods import Method, make_proposer, method_config
+from dream.target import TargetAdapter
+
+log = logging.getLogger(__name__)
+
+
+def execute(target: TargetAdapter, methods: Sequence[Method], prompts: list[PromptRecord], settings: BenchSettings,
+            config: dict, *, json_out: Path | None, plot_out: Path | None,
+            progress: bool = True) -> tuple[BenchResult, dict[str, MethodSummary], dict[str, list[str]]]:
+    """Run, print the tables, write the JSON and plot. Returns the raw result, summaries and decoded texts."""
+    load, cores = config["load_average_1m"], config["cpu_count"]
+    if load is not None and cores and load > cores - 0.5:
+        # Oversubscribed OpenMP threads spin and wait: timings then swing by multiples, not percent.
+        log.warning("the machine is busy (load %.1f on %d cores): speeds will be noisy and low "
+                    "(--threads 1 suffers least)", load, cores)
+    result = run_bench(target, methods, prompts, settings, progress=progress)
+    summaries = summarize(result, settings.sampling.greedy)
+    # Decoding happens here, after every timed generation.
+    texts = {name: [target.tokenizer.decode(run.token_ids, skip_special_tokens=True) for run in runs]
+             for name, runs in result.runs.items()}
+    print(format_table(summaries))
+    if config["dtype"] == "bf16" and any(x.overall.mismatches for x in summaries.values()):
+        print("(mismatch in bf16: a tree forward rounds differently from a one-token forward, so a near tie "
+              "can flip an argmax; --dtype fp32 checks losslessness)")
+    categories = format_categories(summaries)
+    if categories:
+        print("\nby category")
+        print(categories)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(json_document(config, summaries, result, texts), indent=2) + "\n")
+        print(f"wrote {json_out}", file=sys.stderr)
+    if plot_out is not None:
+        title = f"{config['target']} ({config['dtype']}, T={settings.sampling.temperature:g}, {len(prompts)} prompts)"
+        print(f"wrote {write_plot(summaries, plot_out, title)}", file=sys.stderr)
+    return result, summaries, texts
+
+
+def bench_config(target_name: str, target_path: Path, target: TargetAdapter, methods: Sequence[Method],
+                 settings: BenchSettings, dtype: str, prompts_file: Path, prompts: list[PromptRecord]) -> dict:
+    """Everything that decides the numbers: settings as resolved, the target's identity, the software."""
+    pld = make_proposer(Method("pld"), target, settings.tree, settings.sampling, settings.seed)
+    return {
+        "target": target_name,
+        "target_path": str(target_path),
+        "target_fingerprint": target.fingerprint(),
+        "dtype": dtype,
+        "prompts_file": str(prompts_file),
+        "prompts_sha256": hashlib.sha256(Path(prompts_file).read_bytes()).hexdigest(),
+        "num_prompts": len(prompts),
+        "categories": sorted({p.category for p in prompts if p.category is not None}),
+        "max_new_tokens": settings.max_new_tokens,
+        "sampling": dataclasses.asdict(settings.sampling),
+        "tree": dataclasses.asdict(settings.tree),
+        "pld": {"num_tokens": pld.num_tokens, "max_ngram": pld.max_ngram, "min_ngram": pld.min_ngram},
+        "seed": settings.seed,
+        "warmup": settings.warmup,
+        "methods": [m.name for m in methods],
+        "drafts": {m.name: method_config(m) for m in methods if m.draft is not None},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,   # before the run
+        "platform": platform.platform(),
+    }

@@ -1,0 +1,56 @@
+"""Arguments every verb spells the same way (dream.settings holds the values and defaults)."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from dream.methods import CPU_TREE
+from dream.settings import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DEVICES, DTYPES
+from dream.tree import TreeConfig
+
+
+def add_target_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", required=True, help="checkpoint directory or zoo name (smolvlm-135m)")
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser, what: str = "target compute dtype") -> None:
+    parser.add_argument("--dtype", choices=list(DTYPES), default=DEFAULT_DTYPE, help=f"{what} (default {DEFAULT_DTYPE})")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE,
+                        help="auto: the GPU when there is one (this rank's under torchrun), else the CPU")
+
+
+def add_max_new_tokens_argument(parser: argparse.ArgumentParser, what: str = "per answer") -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                        help=f"new tokens {what} (default {DEFAULT_MAX_NEW_TOKENS})")
+
+
+def add_tree_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = CPU_TREE
+    parser.add_argument("--tree-top-k", type=int, default=defaults.top_k,
+                        help=f"children per frontier node and frontier width (default {defaults.top_k})")
+    parser.add_argument("--depth", type=int, default=defaults.depth,
+                        help=f"draft steps per round; also pld's chain length (default {defaults.depth})")
+    parser.add_argument("--total-tokens", type=int, default=defaults.total_tokens,
+                        help=f"draft nodes kept per tree (default {defaults.total_tokens})")
+
+
+def tree_from_args(args: argparse.Namespace) -> TreeConfig:
+    return TreeConfig(top_k=args.tree_top_k, depth=args.depth, total_tokens=args.total_tokens)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int,
+                        help="torch intra-op threads (default: torch's choice); 1 is steadier on a busy machine")
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
