@@ -20,7 +20,7 @@ from torch import Tensor
 
 from dream.metrics import GenerationMetrics, MetricsRecorder
 from dream.proposer import AcceptedStep, PromptState, Proposer
-from dream.sampling import SamplingConfig, sample, target_probs
+from dream.sampling import SamplingConfig, check_generation_config, sample, target_probs
 from dream.tree import Tree, prune_depth
 from dream.verify import VerifyResult, verify_greedy, verify_sampling
 
@@ -62,6 +62,7 @@ def _check_args(target: TargetAdapter, inputs: TargetInputs, sampling: SamplingC
                 stop_strings: Sequence[str] | str) -> tuple[str, ...]:
     if not isinstance(sampling, SamplingConfig):
         raise ValueError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+    check_generation_config(getattr(target.model, "generation_config", None))
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     stops = (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings)

@@ -1,19 +1,32 @@
-"""Target sampling distributions, computed exactly as HF generate's warpers do.
+"""Target sampling distributions, computed by HF generate's own warpers, and the draw from them.
 
-HF applies TemperatureLogitsWarper (if temperature != 1), TopKLogitsWarper (if top_k != 0) and
-TopPLogitsWarper (if top_p < 1), in that order, then a softmax. `target_probs` reproduces those steps
-with the same tensor operations, so ties are broken the same way.
+`target_probs` applies transformers' TemperatureLogitsWarper (if temperature != 1), TopKLogitsWarper (if
+top_k != 0) and TopPLogitsWarper (if top_p < 1), in generate's order, then a softmax: the distribution is
+generate()'s by construction, ties included.
 
 `sample` draws from a distribution with an explicit generator by inverting the CDF: on this CPU
 torch.multinomial over a 49k vocabulary takes ~1 ms (and tens of ms with busy cores), the inversion ~50 us.
+
+`check_generation_config` refuses a checkpoint whose generation_config would make generate() apply a
+logits processor this engine does not (repetition penalty, suppressed tokens, ...): the output would
+differ from generate()'s without the user being told.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from torch import Tensor
+from transformers import (
+    GenerationConfig,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 
 @dataclass(frozen=True)
@@ -23,8 +36,8 @@ class SamplingConfig:
     top_k: int = 0             # most likely tokens kept; 0 = off
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:
-            raise ValueError(f"SamplingConfig.temperature must be >= 0, got {self.temperature!r}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"SamplingConfig.temperature must be a finite number >= 0, got {self.temperature!r}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
@@ -39,28 +52,49 @@ def target_probs(logits: Tensor, cfg: SamplingConfig) -> Tensor:
     """logits [..., V] -> the target's sampling distribution [..., V] (float32)."""
     if cfg.greedy:
         raise ValueError("target_probs needs temperature > 0; greedy decoding uses the argmax")
-    scores = logits.float()
+    scores = logits.float().reshape(-1, logits.shape[-1])                        # the warpers take [B, V]
+    scores = _warpers(cfg)(_NO_INPUT_IDS, scores)
+    return torch.softmax(scores, -1).reshape(logits.shape)
+
+
+_NO_INPUT_IDS = torch.zeros(1, 0, dtype=torch.long)   # these warpers never read the input ids
+
+
+@cache
+def _warpers(cfg: SamplingConfig) -> LogitsProcessorList:
+    warpers = LogitsProcessorList()
     if cfg.temperature != 1.0:
-        scores = scores / cfg.temperature
+        warpers.append(TemperatureLogitsWarper(cfg.temperature))
     if cfg.top_k != 0:
-        scores = _top_k(scores, cfg.top_k)
+        warpers.append(TopKLogitsWarper(cfg.top_k))
     if cfg.top_p < 1.0:
-        scores = _top_p(scores, cfg.top_p)
-    return torch.softmax(scores, -1)
+        warpers.append(TopPLogitsWarper(cfg.top_p))
+    return warpers
 
 
-def _top_k(scores: Tensor, top_k: int) -> Tensor:
-    kth_best = torch.topk(scores, min(top_k, scores.shape[-1]))[0][..., -1, None]
-    return scores.masked_fill(scores < kth_best, -float("inf"))
+# generation_config fields that make generate() change the logits beyond temperature / top-k / top-p, and
+# the values that leave them off.
+_NEUTRAL_GENERATION_SETTINGS: dict[str, tuple] = {
+    "repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None, []), "suppress_tokens": (None, []),
+    "begin_suppress_tokens": (None, []), "sequence_bias": (None, {}), "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,), "min_length": (None, 0), "min_new_tokens": (None, 0),
+    "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0), "typical_p": (None, 1.0), "min_p": (None,),
+    "renormalize_logits": (None, False), "exponential_decay_length_penalty": (None,),
+    "guidance_scale": (None, 1.0),
+}
 
 
-def _top_p(scores: Tensor, top_p: float) -> Tensor:
-    sorted_scores, sorted_indices = torch.sort(scores, descending=False)
-    cumulative = sorted_scores.softmax(-1).cumsum(-1)
-    sorted_remove = cumulative <= (1 - top_p)
-    sorted_remove[..., -1:] = False                      # always keep the most likely token
-    remove = sorted_remove.scatter(-1, sorted_indices, sorted_remove)
-    return scores.masked_fill(remove, -float("inf"))
+def check_generation_config(config: GenerationConfig | None) -> None:
+    """ValueError naming each setting of the checkpoint's generation_config that this engine does not apply."""
+    if config is None:
+        return
+    found = [f"{name}={getattr(config, name)!r}" for name, neutral in _NEUTRAL_GENERATION_SETTINGS.items()
+             if getattr(config, name, None) not in neutral]
+    if found:
+        raise ValueError(f"the target's generation_config sets {', '.join(found)}, which dream does not apply, so "
+                         f"its output would differ from generate()'s: reset them on model.generation_config "
+                         f"(or in generation_config.json) to decode without them")
 
 
 def sample(weights: Tensor, generator: torch.Generator | None) -> int:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from scipy.stats import chisquare
-from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import GenerationConfig, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from dream.sampling import SamplingConfig, sample, target_probs
+from dream.sampling import SamplingConfig, check_generation_config, sample, target_probs
 
 
 def hf_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
@@ -96,3 +96,18 @@ def test_sample_never_returns_a_trailing_zero_weight():
     weights = torch.tensor([1e-30, 1.0, 0.0, 0.0])
     generator = torch.Generator().manual_seed(1)
     assert {sample(weights, generator) for _ in range(2000)} <= {0, 1}
+
+
+def test_temperature_must_be_finite():
+    with pytest.raises(ValueError, match="finite"):
+        SamplingConfig(temperature=float("inf"))
+    with pytest.raises(ValueError, match="finite"):
+        SamplingConfig(temperature=float("nan"))
+
+
+def test_generation_config_processors_are_refused_by_name():
+    config = GenerationConfig()
+    check_generation_config(config)                                  # the defaults apply nothing extra
+    config.repetition_penalty, config.suppress_tokens = 1.3, [5]
+    with pytest.raises(ValueError, match=r"repetition_penalty=1\.3, suppress_tokens=\[5\]"):
+        check_generation_config(config)

@@ -23,8 +23,8 @@ Decisions:
   assignment never depends on what was skipped and a rerun resumes by skipping finished shards. Every shard
   records a key of the settings, the data file's hash and the target fingerprint; an output directory
   holding shards with another key is refused.
-- Each shard streams to disk sample by sample (dream.training.shards.ShardWriter) and appears by rename only when
-  complete; the manifest is written last, atomically. Memory is bounded by one batch.
+- Each shard is collected in memory (dream.training.shards.ShardWriter) and appears by rename only when
+  complete; the manifest is written last, atomically. Memory is bounded by one shard.
 - Under torchrun rank r makes shards r, r + world, ...; rank 0 writes the manifest after a barrier.
 """
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from dream.jsonfile import read_tagged_json
@@ -126,13 +125,10 @@ def _open_shard(file: Path) -> Any:
         raise ValueError(f"shard {file} cannot be read (truncated or corrupted): {err}") from None
 
 
-_SAFETENSORS_DTYPES = {torch.int64: "I64", torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16",
-                       torch.bool: "BOOL"}
-
-
 class ShardWriter:
-    """Writes one shard with memory bounded by one sample: each sample's tensors are appended to per-tensor
-    spool files, and `finish` streams them into a safetensors file (written as a temporary, then renamed).
+    """Collects one shard's samples in memory (a shard is a few hundred samples: tens of MB), then writes
+    them with `safetensors.torch.save_file` into a temporary file that is renamed into place, so a shard
+    either exists whole or not at all.
 
     The file holds every SHARD_TENSORS entry concatenated along axis 0, plus `tokens_offsets` and
     `visual_offsets` ([N + 1] int64): sample i's rows are offsets[i]:offsets[i + 1] on its axis.
@@ -141,64 +137,32 @@ class ShardWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.tmp = path.with_name(f".{path.name}.tmp")
-        self.spool = path.with_name(f".{path.name}.spool")
-        self._remove_temporaries()                     # leftovers of an interrupted run of this shard
-        self.spool.mkdir(parents=True)
-        self._files = {name: open(self.spool / name, "wb") for name in SHARD_TENSORS}
+        self.tmp.unlink(missing_ok=True)               # a leftover of an interrupted run of this shard
+        self._parts: dict[str, list[Tensor]] = {name: [] for name in SHARD_TENSORS}
         self._offsets: dict[str, list[int]] = {"tokens": [0], "visual": [0]}
-        self._specs: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
 
     def add(self, tensors: dict[str, Tensor]) -> None:
         lengths: dict[str, int] = {}
         for name, (axis, _) in SHARD_TENSORS.items():
-            tensor = tensors[name].detach().cpu().contiguous()
+            tensor = tensors[name].detach().cpu()
             assert lengths.setdefault(axis, tensor.shape[0]) == tensor.shape[0], f"{name}: ragged {axis} axis"
-            spec = (tensor.dtype, tuple(tensor.shape[1:]))
-            assert self._specs.setdefault(name, spec) == spec, f"{name}: {spec} != {self._specs[name]}"
-            self._files[name].write(tensor.view(torch.uint8).numpy().tobytes())
+            self._parts[name].append(tensor)
         for axis, length in lengths.items():
             self._offsets[axis].append(self._offsets[axis][-1] + length)
 
     def finish(self, metadata: dict[str, str], empty_specs: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> None:
         """Write the shard; `empty_specs` gives dtype and trailing shape of tensors when no sample was added."""
-        for handle in self._files.values():
-            handle.close()
-        offsets = {f"{axis}_offsets": torch.tensor(v, dtype=torch.int64) for axis, v in self._offsets.items()}
-        entries: list[tuple[str, torch.dtype, list[int], Path | bytes]] = []
-        for name, tensor in offsets.items():
-            entries.append((name, torch.int64, [tensor.shape[0]], tensor.numpy().tobytes()))
-        for name, (axis, _) in SHARD_TENSORS.items():
-            dtype, trailing = self._specs.get(name, empty_specs[name])
-            entries.append((name, dtype, [self._offsets[axis][-1], *trailing], self.spool / name))
-        # Widest element first keeps every tensor aligned to its element size inside the file.
-        entries.sort(key=lambda e: -e[1].itemsize)
-        header: dict[str, Any] = {"__metadata__": metadata}
-        start = 0
-        for name, dtype, shape, data in entries:
-            size = len(data) if isinstance(data, bytes) else data.stat().st_size
-            header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": shape, "data_offsets": [start, start + size]}
-            start += size
-        text = json.dumps(header).encode()
-        text += b" " * (-len(text) % 8)
-        with open(self.tmp, "wb") as out:
-            out.write(struct.pack("<Q", len(text)) + text)
-            for *_, data in entries:
-                if isinstance(data, bytes):
-                    out.write(data)
-                else:
-                    with open(data, "rb") as spooled:
-                        shutil.copyfileobj(spooled, out)
-            out.flush()
-            os.fsync(out.fileno())
+        tensors = {f"{axis}_offsets": torch.tensor(v, dtype=torch.int64) for axis, v in self._offsets.items()}
+        for name, parts in self._parts.items():
+            if parts:
+                tensors[name] = torch.cat(parts).contiguous()
+            else:
+                dtype, trailing = empty_specs[name]
+                tensors[name] = torch.zeros(0, *trailing, dtype=dtype)
+        save_file(tensors, str(self.tmp), metadata=metadata)
         os.replace(self.tmp, self.path)
-        shutil.rmtree(self.spool)
 
     def abort(self) -> None:
-        """Give up this shard: its temporary files go; a finished shard file, if any, is untouched."""
-        for handle in self._files.values():
-            handle.close()
-        self._remove_temporaries()
-
-    def _remove_temporaries(self) -> None:
-        shutil.rmtree(self.spool, ignore_errors=True)
+        """Give up this shard: its temporary file goes; a finished shard file, if any, is untouched."""
+        self._parts = {name: [] for name in SHARD_TENSORS}
         self.tmp.unlink(missing_ok=True)

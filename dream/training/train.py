@@ -3,7 +3,7 @@
 Loss (dream.training.losses): w_feat * SmoothL1(final feature) + w_mid * SmoothL1(first-block output vs the output
 of the entropy-selected target layer) + w_kl * KL(target || draft), on response tokens; the target
 distribution is the target's head over the stored features. Visual tokens are pruned with the stored
-last-layer scores, exactly as at inference. AdamW (0.9, 0.95), linear warm-up then linear decay, gradient
+last-layer scores, exactly as at inference. AdamW (0.9, 0.95), transformers' linear warm-up then linear decay, gradient
 clipping, optional bf16 autocast.
 
 Multi-process (torchrun): DistributedDataParallel, gloo on CPU / nccl on GPU. The global batch is split
@@ -27,6 +27,7 @@ from typing import Any, Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from dream.training.distributed import Distributed, init_distributed
 from dream.target import load_target
@@ -57,7 +58,7 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 4                   # global: split across processes
     lr: float = 3e-5
-    warmup: int = 100                     # steps of linear warm-up, then linear decay to the last step
+    warmup: int = 100                     # steps of linear warm-up from 0, then linear decay towards 0
     w_feat: float = 0.2
     w_mid: float | None = None            # None: 0.2 for dream, 0 for eagle2 (EAGLE has no mid supervision)
     w_kl: float = 1.0
@@ -134,7 +135,7 @@ class _Run:
         self.model = DistributedDataParallel(module, find_unused_parameters=unused) if ctx.active else module
         self.optimizer = torch.optim.AdamW(self.draft.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
                                            weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, functools.partial(_lr_factor, cfg))
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, cfg.warmup, cfg.steps)
         self.autocast = functools.partial(torch.autocast, ctx.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
 
     def _build_draft(self) -> DraftModel:
@@ -293,13 +294,6 @@ class _Run:
         os.rename(tmp, final)
         shutil.rmtree(stale, ignore_errors=True)
         return final
-
-
-def _lr_factor(cfg: TrainConfig, index: int) -> float:
-    """LR multiplier of the step with 0-based `index`: linear warm-up, then linear decay (never reaching 0)."""
-    if index < cfg.warmup:
-        return (index + 1) / cfg.warmup
-    return 1.0 - (index - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
 
 
 def _truncate_log(file: Path, step: int) -> None:
