@@ -1,32 +1,64 @@
-"""The zoo target's draft-training dataset is valid LLaVA format, reproducible, and free of held-out images."""
+"""The zoo target's draft-training dataset is valid LLaVA format, reproducible, wide, and says what it holds."""
 
 import json
 
-from easy_vqa import get_train_image_paths
+import pytest
 
 from dream.training.data import load_images, load_llava_json
-from dream.zoo.draft_data import HELD_OUT_PHOTOS, asks_easy_vqa_question, make_dataset
+from dream.zoo.draft_data import make_dataset
+from dream.zoo.kinds import IMAGE_KINDS, TRAIN_KINDS
+from dream.zoo.kinds.sampled import PHOTOS
+from dream.zoo.templates import IMAGE_PROMPT_KINDS, PROMPT_KINDS, matches
 
 
-def test_dataset_is_llava_format_and_reproducible(tmp_path):
-    first = make_dataset(tmp_path / "a", samples=20, seed=3)
-    again = make_dataset(tmp_path / "b", samples=20, seed=3)
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A 150-conversation dataset (every training image kind and prompt kind appears)."""
+    path = make_dataset(tmp_path_factory.mktemp("draft-data"), samples=150, seed=5)
+    return path, json.loads(path.read_text())
+
+
+def test_dataset_is_reproducible(tmp_path):
+    first, again = (make_dataset(tmp_path / name, samples=30, seed=2) for name in "ab")
     assert first.read_text() == again.read_text()
-    conversations = load_llava_json(first)
-    assert len(conversations) == len(json.loads(first.read_text()))
-    for conversation in conversations[:25]:
-        images = load_images(conversation, first.parent / "images")
+    for entry in json.loads(first.read_text()):
+        if "image" in entry:
+            assert (first.parent / "images" / entry["image"]).read_bytes() == (again.parent / "images" / entry["image"]).read_bytes()
+
+
+def test_dataset_is_llava_format(dataset):
+    path, entries = dataset
+    conversations = load_llava_json(path)
+    assert len(conversations) == len(entries)
+    for conversation in conversations:
+        images = load_images(conversation, path.parent / "images")
         assert not isinstance(images, str), images  # a str names why the image could not be read
-    names = {entry["image"] for entry in json.loads(first.read_text())}
-    assert not {f"{photo}.jpg" for photo in HELD_OUT_PHOTOS} & names
-    train = get_train_image_paths()
-    for name in (n for n in names if n.startswith("evqa_")):
-        assert (first.parent / "images" / name).read_bytes() == open(train[int(name[5:-4])], "rb").read()
 
 
-def test_one_word_questions_come_first(tmp_path):
-    """Datagen batches consecutive entries: easy-vqa questions (one-word answers) are grouped before the rest."""
-    entries = json.loads(make_dataset(tmp_path, samples=60, seed=1).read_text())
-    short = [asks_easy_vqa_question(e) for e in entries]
-    assert any(short) and not all(short)
+def test_entries_record_their_kinds_and_templates(dataset):
+    _, entries = dataset
+    for entry in entries:
+        assert entry["id"].startswith(f"{entry['image_kind']}-{entry['prompt_kind']}-")
+        humans = [turn["value"].removeprefix("<image>\n") for turn in entry["conversations"][::2]]
+        assert len(entry["templates"]) == len(humans)
+        assert ("image" in entry) == (entry["image_kind"] != "none") == ("<image>" in entry["conversations"][0]["value"])
+        for template, text in zip(entry["templates"], humans):
+            assert template == "easy-vqa" or matches(template, text), (template, text)
+    assert {e["image_kind"] for e in entries} == {*TRAIN_KINDS, "none"}
+    assert {e["prompt_kind"] for e in entries} == {*IMAGE_PROMPT_KINDS, "text_only", "easy-vqa"}
+    assert any(len(e["conversations"]) == 4 for e in entries)      # multi-turn, with a follow-up
+    assert set(TRAIN_KINDS) < set(IMAGE_KINDS) and PROMPT_KINDS["text_only"].with_image is False
+
+
+def test_entries_are_grouped_by_answer_length(dataset):
+    """Datagen batches consecutive entries: short-answer kinds come first, text-only conversations last."""
+    _, entries = dataset
+    text_only = ["image" not in e for e in entries]
+    assert text_only == sorted(text_only)
+    short = [e["prompt_kind"] in ("easy-vqa", "yesno", "count") for e in entries if "image" in e]
     assert short == sorted(short, reverse=True)
+
+
+def test_photo_pools_are_disjoint():
+    train, dev, evaluation = (set(PHOTOS[split]) for split in ("train", "dev", "eval"))
+    assert not train & dev and not train & evaluation and not dev & evaluation

@@ -1,92 +1,144 @@
-"""A LLaVA-format dataset for training drafts of the zoo target, from offline images only.
+"""A LLaVA-format dataset for training drafts of the zoo target, made offline from a seed.
 
-    python -m dream.zoo.draft_data --out runs/draft-data --samples 3000
+    python -m dream.zoo.draft_data --out runs/draft-data --samples 2000
 
-writes `data.json` ({"id", "image", "conversations"} entries, `<image>` in the first human turn) and
-`images/` with easy-vqa TRAIN images (the held-out bench prompts use test images) and the scikit-image
-photos that the held-out prompts do not use. Only the prompts matter: `dream datagen` lets the target
-regenerate every answer (self-distillation), so the answers written here are placeholders.
+writes `data.json` and `images/`. Each entry is a LLaVA conversation ({"id", "image", "conversations"},
+`<image>` in the first human turn; no "image" for a text-only conversation) plus three fields that say what
+it is made of, for checking splits: "image_kind" (dream.zoo.kinds; "none" when text-only), "prompt_kind"
+(dream.zoo.templates) and "templates" (the template of every human turn; "easy-vqa" for the dataset's own
+questions). Only the prompts matter: `dream datagen` lets the target regenerate every answer
+(self-distillation), so the answers written here are placeholders.
+
+Mix: every TRAINING image kind in equal shares, with prompts of every image prompt kind; one in five
+image conversations has a text-only follow-up turn; a tenth of the conversations are text-only; a few
+easy-vqa questions (one-word answers). Held-out image kinds and held-out templates never appear here
+(tests/test_eval_splits.py checks it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-# The held-out bench prompts use these photos; training never sees them.
-HELD_OUT_PHOTOS = {"astronaut", "chelsea", "coffee", "coins", "hubble_deep_field", "rocket"}
-TRAIN_PHOTOS = ("cat", "camera", "clock", "colorwheel", "horse", "logo", "moon", "page", "grass", "gravel",
-                "brick", "immunohistochemistry", "retina", "text", "cell", "microaneurysms")  # bundled with skimage
+from dream.zoo.kinds import IMAGE_KINDS, TRAIN_KINDS
+from dream.zoo.kinds.common import pick
+from dream.zoo.templates import IMAGE_PROMPT_KINDS, PROMPT_KINDS, render
 
-DESCRIBE = ("Describe this image.", "Describe the image in a few sentences.", "What do you see in this picture?",
-            "Give a short description of this image.", "What is shown here?", "Tell me about this image.")
-OPEN = ("What color is the shape, and where is it?", "Is the shape large or small?",
-        "What could this shape be used to represent?", "Write one sentence about this picture.",
-        "How many shapes are in the image?", "What is the background color?")
-PHOTO = ("Describe this image.", "What is in this picture?", "What colors do you see in this image?",
-         "Describe what is happening in this image.", "What objects can you see in this image?")
-FOLLOW_UP = ("Can you say more?", "Why do you think so?", "Summarize that in one sentence.")
+TEXT_ONLY_SHARE = 0.10
+EASY_VQA_SHARE = 0.05
+FOLLOW_UP_SHARE = 0.20
+# Prompt kinds whose answers are usually short, then medium: datagen batches consecutive entries and a
+# batched `generate` runs as long as its longest answer, so similar lengths go together.
+_LENGTH_RANK = {"easy-vqa": 0, "yesno": 0, "count": 0, "locate": 1, "compare": 1, "read": 1}
+_READING_KINDS = ("text", "document", "digits", "bar_chart", "line_chart", "scatter_plot")
 
 
-def _conversation(first: str, rng: np.random.Generator) -> list[dict[str, str]]:
-    turns = [{"from": "human", "value": f"<image>\n{first}"}, {"from": "gpt", "value": "-"}]
-    if rng.random() < 0.15:  # some multi-turn samples, as in LLaVA data
-        turns += [{"from": "human", "value": str(rng.choice(FOLLOW_UP))}, {"from": "gpt", "value": "-"}]
-    return turns
+@dataclass(frozen=True)
+class Sample:
+    image_kind: str                   # a key of IMAGE_KINDS, or "none"
+    prompt_kind: str                  # a key of PROMPT_KINDS, or "easy-vqa"
+    turns: tuple[tuple[str, str], ...]   # (template, rendered prompt) per human turn
+    image: Image.Image | None
+
+    def entry(self, index: int, image_name: str | None) -> dict:
+        conversations = []
+        for t, (_, prompt) in enumerate(self.turns):
+            text = f"<image>\n{prompt}" if t == 0 and image_name else prompt
+            conversations += [{"from": "human", "value": text}, {"from": "gpt", "value": "-"}]
+        entry = {"id": f"{self.image_kind}-{self.prompt_kind}-{index}"}
+        if image_name:
+            entry["image"] = image_name
+        return {**entry, "conversations": conversations, "image_kind": self.image_kind,
+                "prompt_kind": self.prompt_kind, "templates": [template for template, _ in self.turns]}
 
 
-def _easy_vqa_entries(samples: int, rng: np.random.Generator, images: Path) -> list[dict]:
-    from easy_vqa import get_train_image_paths, get_train_questions
-
-    questions, _, image_ids = get_train_questions()
-    paths = get_train_image_paths()
-    entries = []
-    for index in rng.choice(len(questions), size=samples, replace=False):
-        image_id = int(image_ids[index])
-        kind = rng.random()
-        prompt = questions[index].capitalize() if kind < 0.45 else str(rng.choice(DESCRIBE if kind < 0.85 else OPEN))
-        name = f"evqa_{image_id}.png"
-        if not (images / name).exists():
-            shutil.copyfile(paths[image_id], images / name)
-        entries.append({"id": f"evqa-{index}", "image": name, "conversations": _conversation(prompt, rng)})
-    return entries
+def image_sample(rng: np.random.Generator, image_kind: str, prompt_kind: str, split: str = "train",
+                 held_out: bool = False, follow_up: bool = False) -> Sample:
+    """One picture of `image_kind` and a prompt of `prompt_kind`, from training or held-out templates."""
+    kind = IMAGE_KINDS[image_kind]
+    image = kind.make(rng, split)
+    turns = [_turn(rng, prompt_kind, held_out, kind.thing, kind.things)]
+    if follow_up:
+        turns.append(_turn(rng, "follow_up", held_out))
+    return Sample(image_kind, prompt_kind, tuple(turns), image)
 
 
-def asks_easy_vqa_question(entry: dict) -> bool:
-    first = entry["conversations"][0]["value"].removeprefix("<image>\n")
-    return entry["id"].startswith("evqa-") and first not in DESCRIBE + OPEN
+def _turn(rng: np.random.Generator, prompt_kind: str, held_out: bool, thing: str = "object",
+          things: str = "objects") -> tuple[str, str]:
+    templates = PROMPT_KINDS[prompt_kind]
+    template = pick(rng, templates.held_out if held_out else templates.train)
+    return template, render(template, rng, thing, things)
 
 
-def _photo_entries(rng: np.random.Generator, images: Path, size: int = 128) -> list[dict]:
-    import skimage.data
+def _text_only_sample(rng: np.random.Generator) -> Sample:
+    return Sample("none", "text_only", (_turn(rng, "text_only", held_out=False),), None)
 
-    entries = []
-    for name in TRAIN_PHOTOS:
-        pixels = np.asarray(getattr(skimage.data, name)())
-        image = Image.fromarray(pixels).convert("RGB")
-        image.thumbnail((size, size))
-        image.save(images / f"{name}.jpg", quality=90)
-        for j, prompt in enumerate(PHOTO):
-            entries.append({"id": f"photo-{name}-{j}", "image": f"{name}.jpg", "conversations": _conversation(prompt, rng)})
-    return entries
+
+def _easy_vqa_sample(rng: np.random.Generator, questions: tuple[list, list]) -> Sample:
+    """One of easy-vqa's own train questions on its own image (short, one-word answers)."""
+    import easy_vqa
+
+    texts, image_ids = questions
+    index = int(rng.integers(len(texts)))
+    with Image.open(easy_vqa.get_train_image_paths()[int(image_ids[index])]) as image:
+        picture = image.convert("RGB")
+    question = texts[index][0].upper() + texts[index][1:]
+    return Sample("shapes", "easy-vqa", (("easy-vqa", question),), picture)
+
+
+def _prompt_kind(rng: np.random.Generator, image_kind: str) -> str:
+    # Reading prompts on pictures with writing in them twice as often: reading answers are long and varied.
+    weights = np.array([2.0 if k == "read" and image_kind in _READING_KINDS else 1.0 for k in IMAGE_PROMPT_KINDS])
+    return IMAGE_PROMPT_KINDS[int(rng.choice(len(weights), p=weights / weights.sum()))]
+
+
+def training_samples(count: int, rng: np.random.Generator) -> list[Sample]:
+    """`count` training samples: training image kinds and training templates only."""
+    from easy_vqa import get_train_questions
+
+    texts, _, image_ids = get_train_questions()
+    text_only = int(count * TEXT_ONLY_SHARE)
+    easy = int(count * EASY_VQA_SHARE)
+    samples = [_text_only_sample(rng) for _ in range(text_only)]
+    samples += [_easy_vqa_sample(rng, (texts, image_ids)) for _ in range(easy)]
+    for n in range(count - text_only - easy):
+        image_kind = TRAIN_KINDS[n % len(TRAIN_KINDS)]
+        samples.append(image_sample(rng, image_kind, _prompt_kind(rng, image_kind),
+                                    follow_up=bool(rng.random() < FOLLOW_UP_SHARE)))
+    return samples
+
+
+def save_image(image: Image.Image, folder: Path, stem: str, image_kind: str) -> str:
+    """PNG for drawn pictures (small and exact), JPEG for photos and textures (much smaller)."""
+    name = f"{stem}.jpg" if image_kind in ("photo", "texture") else f"{stem}.png"
+    if name.endswith(".jpg"):
+        image.save(folder / name, quality=85, optimize=True)
+    else:
+        image.save(folder / name, optimize=True)
+    return name
+
+
+def _order(samples: list[Sample], rng: np.random.Generator) -> list[Sample]:
+    """Shuffled, then stably grouped by expected answer length and by input shape (see _LENGTH_RANK).
+    Training draws batches at random, so the file order only paces datagen."""
+    shuffled = [samples[i] for i in rng.permutation(len(samples))]
+    return sorted(shuffled, key=lambda s: (s.image is None, _LENGTH_RANK.get(s.prompt_kind, 2), len(s.turns)))
 
 
 def make_dataset(out: Path, samples: int, seed: int = 0) -> Path:
     """Write out/data.json and out/images/; returns the JSON path."""
-    assert not HELD_OUT_PHOTOS.intersection(TRAIN_PHOTOS), "held-out photos must stay out of training"
     rng = np.random.default_rng(seed)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
-    entries = _easy_vqa_entries(samples, rng, images) + _photo_entries(rng, images)
-    entries = [entries[i] for i in rng.permutation(len(entries))]
-    # One-word answers first, then the rest: a batched `generate` runs as long as its longest answer,
-    # so grouping similar lengths makes datagen about twice as fast. Training draws batches at random.
-    entries.sort(key=lambda e: not asks_easy_vqa_question(e))
+    entries = []
+    for index, sample in enumerate(_order(training_samples(samples, rng), rng)):
+        name = None if sample.image is None else save_image(sample.image, images, f"{index:05d}", sample.image_kind)
+        entries.append(sample.entry(index, name))
     data = out / "data.json"
     tmp = data.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(entries, indent=1))
@@ -97,7 +149,7 @@ def make_dataset(out: Path, samples: int, seed: int = 0) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--samples", type=int, default=3000, help="easy-vqa prompts (photos add 85 more)")
+    parser.add_argument("--samples", type=int, default=2000, help="conversations")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     print(make_dataset(args.out, args.samples, args.seed))
