@@ -1,4 +1,4 @@
-"""Reproduce the shipped held-out prompts: dream/assets/prompts/{heldout,demo}.jsonl and their images.
+"""Reproduce the shipped prompts: dream/assets/prompts/{heldout,demo,eval-seen,eval-unseen,dev}.jsonl and images.
 
     python scripts/make_prompts.py [--out dream/assets/prompts]
 
@@ -8,6 +8,8 @@ Sources (both installed with the project, nothing downloaded):
     their answers as a reference), and short open questions.
   * six natural photographs from skimage.data, downsized to 128 px JPEG: out of the target's training
     distribution on purpose (the draft has to follow whatever the target says).
+  * eval-seen / eval-unseen / dev: the two evaluation splits and the tuning split of dream.zoo.splits
+    (in-distribution; leave-kind-out; dev), pictures made offline by dream.zoo.kinds.
 Deterministic: a fixed seed picks the images and phrasings, so rerunning rewrites identical files.
 """
 
@@ -49,17 +51,32 @@ COUNTS = {"describe": 8, "vqa": 10, "open": 6}
 DEMO = (("describe", 0), ("describe", 1), ("open", 0), ("natural", 0))
 
 
-README = """# Shipped held-out prompts
+README = """# Shipped prompts
 
 Written by `python scripts/make_prompts.py`; edit the script, not these files.
 
-- `heldout.jsonl`: the benchmark prompts (`dream bench` default), one JSON object a line:
+- `heldout.jsonl`: the first benchmark prompts (`dream bench` default), one JSON object a line:
   `{"image": "images/...", "prompt": "...", "category": "describe|vqa|open|natural", "answer": "..."}`
-  (`answer` only for easy-vqa questions, as a reference; the benchmark does not score it).
+  (`answer` only for easy-vqa questions, as a reference; the benchmark does not score it). Its prompts use
+  the same sources and phrasings as the drafts' first training data: an in-distribution set.
 - `demo.jsonl`: the 4 prompts of `dream demo`.
+- `eval-seen.jsonl` (36): in-distribution evaluation. Image kinds and prompt templates of draft training
+  (`dream.zoo.draft_data`), on pictures training never saw. `category` is the image kind.
+- `eval-unseen.jsonl` (36): leave-kind-out evaluation. Only image kinds that draft training never has
+  (pie_chart, table, diagram: `dream.zoo.kinds.HELD_OUT_KINDS`) and only prompt templates it never uses (the
+  `held_out` templates of `dream.zoo.templates`). `category` is the image kind.
+- `dev.jsonl` (20): for tuning (tree shape); training kinds and templates, pictures disjoint from both
+  evaluation splits and from training. Never evaluate on it.
 - `images/evqa_<id>.png`: easy-vqa (MIT licence) TEST images, copied unchanged.
 - `images/<name>.jpg`: skimage.data photographs (public domain / CC0), downsized to 128 px.
+- `images/{seen,unseen,dev}_<n>.{png,jpg}`: the splits' pictures, 128 px (64 px for easy-vqa shapes), made by
+  `dream.zoo.kinds`: drawn, rendered with matplotlib, or crops of skimage.data photographs and easy-vqa test
+  images (dev and evaluation use disjoint pools: `dream.zoo.kinds.sampled`).
+
+Tests: `tests/test_eval_splits.py` checks the leave-kind-out property against generated training data and
+that dev and evaluation share no picture.
 """
+SPLIT_FILES = {"eval-seen": "seen", "eval-unseen": "unseen", "dev": "dev"}   # split -> image name prefix
 
 
 @dataclass(frozen=True)
@@ -126,6 +143,18 @@ def natural_entries(images: Path) -> list[Entry]:
     return entries
 
 
+def split_entries(images: Path, split: str) -> list[Entry]:
+    """One split of dream.zoo.splits, its pictures saved under images/; the category is the image kind."""
+    from dream.zoo.draft_data import save_image
+    from dream.zoo.splits import split_prompts
+
+    entries = []
+    for n, prompt in enumerate(split_prompts(split, SEED)):
+        name = save_image(prompt.image, images, f"{SPLIT_FILES[split]}_{n:02d}", prompt.image_kind)
+        entries.append(Entry(f"images/{name}", prompt.prompt, prompt.image_kind))
+    return entries
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
@@ -141,9 +170,12 @@ def main(argv: list[str] | None = None) -> None:
         by_category.setdefault(entry.category, []).append(entry)
     demo = [by_category[category][index] for category, index in DEMO]
     (out / "demo.jsonl").write_text("".join(e.to_json() + "\n" for e in demo))
+    for split in SPLIT_FILES:
+        (out / f"{split}.jsonl").write_text("".join(e.to_json() + "\n" for e in split_entries(images, split)))
     (out / "README.md").write_text(README)
     size = sum(f.stat().st_size for f in images.iterdir())
-    print(f"wrote {len(entries)} prompts ({len(demo)} in the demo), {size / 1024:.0f} KiB of images, to {out}")
+    print(f"wrote {len(entries)} held-out prompts ({len(demo)} in the demo) and the {', '.join(SPLIT_FILES)} "
+          f"splits, {size / 1024:.0f} KiB of images, to {out}")
 
 
 if __name__ == "__main__":
