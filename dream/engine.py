@@ -100,7 +100,7 @@ def _speculative(target: TargetAdapter, inputs: TargetInputs, proposer: Proposer
     metrics = MetricsRecorder()
     start = perf_counter()
     cache = target.new_cache()
-    prefill = target.prefill(inputs, cache, visual_scores=getattr(proposer, "needs_visual_scores", False))
+    prefill = target.prefill(inputs, cache, visual_scores=proposer.prefill_request().visual_scores)
     metrics.prefill_s = perf_counter() - start
     root = _choose(prefill.logits[0, -1], sampling, generator)
     if output.extend([root]):

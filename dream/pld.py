@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dream.proposer import AcceptedStep, PromptState
+from dream.proposer import AcceptedStep, PrefillRequest, PromptState
 from dream.tree import Tree, chain_tree
 
 
@@ -30,6 +30,9 @@ class PromptLookupProposer:
         self.image_token_id = image_token_id
         self._ids = torch.zeros(0, dtype=torch.long)        # [L] committed context
         self._blocked = torch.zeros(0, dtype=torch.bool)    # [L] True where a token must not be copied
+
+    def prefill_request(self) -> PrefillRequest:
+        return PrefillRequest()                 # the prompt's token ids are all it reads
 
     def begin(self, prompt: PromptState) -> None:
         self._ids = prompt.input_ids.long().cpu()

@@ -4,8 +4,9 @@ A proposer learns the prompt once (`begin`), drafts a tree under the pending roo
 and is told what the target committed after each verification (`accept`). The engine never looks
 inside a proposer, and the tree builder and verifier never import one.
 
-Optional: a proposer class may set `needs_visual_scores = True` to ask the engine to compute
-`PromptState.visual_scores` at prefill (it costs an eager last layer, so it is off by default).
+Before the prefill the engine asks `prefill_request()` what the proposer's `begin` will read beyond the
+always-present fields: visual scores cost extra attention work in the last layer, so they are computed
+only on request.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ from dream.tree import Tree
 
 
 @dataclass(frozen=True)
+class PrefillRequest:
+    """What a proposer needs the prefill to compute for its `begin`."""
+
+    visual_scores: bool = False    # PromptState.visual_scores (last-layer attention each visual token receives)
+
+
+@dataclass(frozen=True)
 class PromptState:
     """What a proposer learns once, after the prefill."""
 
@@ -26,7 +34,8 @@ class PromptState:
     visual_mask: Tensor            # [S] bool, True at visual-token positions
     input_embeds: Tensor           # [S, H] merged input embeddings the language model received
     features: Tensor               # [S, H] target final-layer hidden states after the final norm
-    visual_scores: Tensor | None   # [S_vis] last-layer attention each visual token receives
+    visual_scores: Tensor | None   # [S_vis] last-layer attention each visual token receives; None unless
+                                   #   the proposer's PrefillRequest asked for it
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,9 @@ class AcceptedStep:
 
 
 class Proposer(Protocol):
+    def prefill_request(self) -> PrefillRequest:
+        """What the prefill must compute for `begin` (asked once per generation, before the prefill)."""
+
     def begin(self, prompt: PromptState) -> None:
         """Start a generation; forget any previous one."""
 

@@ -53,9 +53,44 @@ class Tree:
     draft_probs: Tensor | None = None  # [N, V] target-vocab distribution the children of node i were
                                        # SAMPLED from (stochastic chains only; None for top-k trees)
 
+    def __post_init__(self) -> None:
+        _check_tree(self)
+
     @property
     def num_nodes(self) -> int:
         return self.tokens.shape[0]
+
+
+def _check_tree(tree: Tree) -> None:
+    """ValueError unless parents, depths and ancestors describe one rooted tree, consistently.
+
+    A tree from a third-party proposer reaches the verifier as is, and an inconsistent one would silently
+    break exactness (a node verified under the wrong prefix). Checked row by row against the parent's row,
+    which by induction from the root proves the whole matrix: a few vectorised ops for a few dozen nodes.
+    """
+    n = tree.tokens.shape[0] if tree.tokens.dim() == 1 else -1
+    if n < 1:
+        raise ValueError(f"Tree.tokens must be a non-empty 1-D tensor, got shape {tuple(tree.tokens.shape)}")
+    shapes = {"parents": (tree.parents, (n,)), "depths": (tree.depths, (n,)), "ancestors": (tree.ancestors, (n, n))}
+    for name, (tensor, shape) in shapes.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"Tree.{name} must have shape {shape}, got {tuple(tensor.shape)}")
+    if tree.ancestors.dtype != torch.bool:
+        raise ValueError(f"Tree.ancestors must be bool, got {tree.ancestors.dtype}")
+    parents, depths = tree.parents.long(), tree.depths.long()
+    index = torch.arange(n, device=parents.device)
+    bad_parent = bool((parents[1:] < 0).any()) or bool((parents[1:] >= index[1:]).any())
+    if int(parents[0]) != -1 or int(depths[0]) != 0 or bad_parent:
+        raise ValueError(f"Tree: the root (node 0) needs parent -1 and depth 0, and 0 <= parents[i] < i: {parents.tolist()}")
+    parent_rows = parents.clamp(min=0)
+    if not torch.equal(depths[1:], depths[parent_rows[1:]] + 1):
+        raise ValueError(f"Tree.depths must be the parent's depth + 1: {depths.tolist()}")
+    expected = tree.ancestors[parent_rows] | torch.eye(n, dtype=torch.bool, device=parents.device)
+    expected[0] = index == 0
+    if not torch.equal(tree.ancestors, expected):
+        raise ValueError("Tree.ancestors must hold exactly each node and its ancestors (the parents' rows)")
+    if tree.draft_probs is not None and (tree.draft_probs.dim() != 2 or tree.draft_probs.shape[0] != n):
+        raise ValueError(f"Tree.draft_probs must be [{n}, V], got {tuple(tree.draft_probs.shape)}")
 
 
 def tree_from_parents(tokens: Tensor, parents: Tensor, draft_probs: Tensor | None = None) -> Tree:

@@ -108,7 +108,7 @@ def test_tree_nodes_equal_sequential_path_forwards(tiny_target, monkeypatch, arc
     recorder = Recorder()
     monkeypatch.setattr(proposer_module, "build_tree", recorder)
     proposer = DraftProposer(draft, target, TREE)
-    assert proposer.needs_visual_scores
+    assert proposer.prefill_request().visual_scores
     prompt = prompt_state(target, image_inputs(target))
     kept = select_kept_positions(prompt.visual_mask, prompt.visual_scores, keep_ratio)
     assert kept.shape[0] < prompt.input_ids.shape[0]

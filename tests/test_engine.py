@@ -12,7 +12,7 @@ import torch
 from dream.engine import GenerationResult, generate
 from dream.metrics import aggregate
 from dream.pld import PromptLookupProposer
-from dream.proposer import AcceptedStep, PromptState
+from dream.proposer import AcceptedStep, PrefillRequest, PromptState
 from dream.sampling import SamplingConfig, target_probs
 from dream.tree import Tree, TreeConfig, build_tree, chain_tree
 from fixtures import FAMILIES, VLM_FAMILIES, stock_model, tiny_image
@@ -39,6 +39,9 @@ class OracleProposer:
         self.future, self.cfg, self.vocab_size, self.hit = future, cfg, vocab_size, hit
         self.generator = torch.Generator().manual_seed(seed)
         self.position = 0                                      # index in `future` of the pending root
+
+    def prefill_request(self) -> PrefillRequest:
+        return PrefillRequest()
 
     def begin(self, prompt: PromptState) -> None:
         self.position = 0
@@ -245,6 +248,8 @@ class TableProposer:
         self.table, self.vocab_size, self.cfg, self.temperature = table, vocab_size, cfg, temperature
         self.generator = torch.Generator().manual_seed(0)
 
+    def prefill_request(self) -> PrefillRequest: return PrefillRequest()
+
     def begin(self, prompt: PromptState) -> None: pass
 
     def accept(self, step: AcceptedStep) -> None: pass
@@ -312,6 +317,7 @@ def test_bad_settings_raise(greedy_reference):
         generate(target, inputs, max_new_tokens=4, sampling={"temperature": 1.0})
 
     class WrongRoot:
+        def prefill_request(self): return PrefillRequest()
         def begin(self, prompt): pass
         def accept(self, step): pass
         def propose(self, root_token): return chain_tree(torch.tensor([root_token + 1, 5]))

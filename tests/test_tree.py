@@ -206,3 +206,21 @@ def test_prune_depth_keeps_a_closed_subtree():
     chain = PathDraft(6).build(TreeConfig(depth=4, chain=True), temperature=1.0,
                                generator=torch.Generator().manual_seed(0))
     assert torch.equal(prune_depth(chain, 2).draft_probs, chain.draft_probs[:3])
+
+
+def test_tree_refuses_inconsistent_structure():
+    good = tree_from_parents(torch.tensor([7, 8, 9, 10]), torch.tensor([-1, 0, 0, 1]))
+    fields = dict(tokens=good.tokens, parents=good.parents, depths=good.depths, ancestors=good.ancestors)
+    Tree(**fields)                                                         # the consistent one passes
+    cases = {
+        "parent": {"parents": torch.tensor([-1, 0, 3, 1])},                  # a parent after its child
+        "depths": {"depths": torch.tensor([0, 1, 2, 2])},                    # node 2 hangs off the root
+        "ancestors": {"ancestors": good.ancestors.clone().fill_diagonal_(False)},
+        "shape": {"tokens": good.tokens[:3]},
+    }
+    sibling = good.ancestors.clone()
+    sibling[3, 2] = True                                                   # node 3 would see its uncle
+    cases["ancestors"] = {"ancestors": sibling}
+    for what, change in cases.items():
+        with pytest.raises(ValueError, match="Tree"):
+            Tree(**{**fields, **change})

@@ -26,7 +26,7 @@ from torch import Tensor
 from dream.draft.compression import select_kept_positions
 from dream.draft.base import DraftModel, DraftState
 from dream.draft.head import target_head
-from dream.proposer import AcceptedStep, PromptState
+from dream.proposer import AcceptedStep, PrefillRequest, PromptState
 from dream.tree import Tree, TreeConfig, build_tree
 
 
@@ -51,12 +51,14 @@ class DraftProposer:
             raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
         if not draft.head_bound:
             draft.bind_head(target_head(target))
-        self.needs_visual_scores = self.keep_ratio < 1.0    # read by the engine before the prefill
         self._blocked = _draft_ids(draft.vocab_map, getattr(target, "image_token_id", None))
         self._state: DraftState | None = None
         self._next_position = 0                              # target position of the pending root
         self._pending_tokens = torch.zeros(0, dtype=torch.long)
         self._pending_features: Tensor | None = None
+
+    def prefill_request(self) -> PrefillRequest:
+        return PrefillRequest(visual_scores=self.keep_ratio < 1.0)
 
     @torch.no_grad()
     def begin(self, prompt: PromptState) -> None:
