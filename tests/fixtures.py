@@ -337,12 +337,12 @@ def tiny_image(seed: int = 0, size: tuple[int, int] = (32, 32)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
-def stock_model(path: str | Path, **kwargs) -> tf.PreTrainedModel:
+def stock_model(path: str | Path, dtype: torch.dtype = torch.float32, **kwargs) -> tf.PreTrainedModel:
     """The checkpoint loaded plainly through its Auto class (default attention): the reference to match."""
     config = tf.AutoConfig.from_pretrained(path)
     vision = hasattr(config, "vision_config")
     auto = tf.AutoModelForImageTextToText if vision else tf.AutoModelForCausalLM
-    return auto.from_pretrained(path, dtype=torch.float32, **kwargs).eval()
+    return auto.from_pretrained(path, dtype=dtype, **kwargs).eval()
 
 
 def extend_model_kwargs(model_kwargs: dict, n: int) -> dict:

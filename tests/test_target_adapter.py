@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers.masking_utils import causal_mask_function
 
-from dream.target import masks
+from dream.target import adapter as adapter_module
+from dream.target import exact, masks
 from fixtures import (
     FAMILIES,
     GEMMA3_WINDOW,
@@ -64,10 +65,21 @@ def max_node_error(out, tokens, ancestors, model, inputs, committed) -> float:
     return worst
 
 
+@pytest.fixture(params=[True, False], ids=["exact", "masked"])
+def verify_path(request, monkeypatch):
+    """verify_path(adapter) -> the adapter switched to the exact or the masked verify path for this test."""
+
+    def switch(adapter):
+        monkeypatch.setattr(adapter, "exact", request.param)
+        return adapter
+
+    return switch
+
+
 @pytest.mark.parametrize("parents", [CHAIN, BRANCHING], ids=["chain", "tree"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_tree_logits_match_per_path_forward(tiny_target, stock, family, parents):
-    adapter, model = tiny_target(family), stock(family)
+def test_tree_logits_match_per_path_forward(tiny_target, stock, verify_path, family, parents):
+    adapter, model = verify_path(tiny_target(family)), stock(family)
     inputs = build_prompt(adapter, family)
     cache = adapter.new_cache()
     adapter.prefill(inputs, cache)
@@ -86,8 +98,8 @@ def test_tree_logits_match_per_path_forward(tiny_target, stock, family, parents)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_commit_rounds_match_fresh_forward(tiny_target, stock, family):
-    adapter, model = tiny_target(family), stock(family)
+def test_commit_rounds_match_fresh_forward(tiny_target, stock, verify_path, family):
+    adapter, model = verify_path(tiny_target(family)), stock(family)
     gen = torch.Generator().manual_seed(2)
     inputs = build_prompt(adapter, family)
     cache = adapter.new_cache()
@@ -124,8 +136,8 @@ def test_contiguous_commit_keeps_the_prefix_of_the_tree(tiny_target, stock):
 
 
 @pytest.mark.parametrize("family", ["gemma3", "gemma3_text"])
-def test_gemma3_context_far_past_the_sliding_window(tiny_target, stock, family):
-    adapter, model = tiny_target(family), stock(family)
+def test_gemma3_context_far_past_the_sliding_window(tiny_target, stock, verify_path, family):
+    adapter, model = verify_path(tiny_target(family)), stock(family)
     inputs = build_prompt(adapter, family, text="A longer question that runs well past the window. " * 2)
     assert inputs.input_ids.shape[1] > 4 * GEMMA3_WINDOW
     cache = adapter.new_cache()
@@ -147,8 +159,9 @@ def test_gemma3_context_far_past_the_sliding_window(tiny_target, stock, family):
 
 
 @pytest.mark.parametrize("family", ["llava", "gemma3", "qwen2_vl"])
-def test_negative_control_flattened_causal_mask(tiny_target, stock, family):
+def test_negative_control_flattened_causal_mask(tiny_target, stock, monkeypatch, family):
     adapter, model = tiny_target(family), stock(family)
+    monkeypatch.setattr(adapter, "exact", False)  # the exact path refuses such a matrix (test below)
     inputs = build_prompt(adapter, family)
     cache = adapter.new_cache()
     adapter.prefill(inputs, cache)
@@ -161,6 +174,7 @@ def test_negative_control_flattened_causal_mask(tiny_target, stock, family):
 
 def test_negative_control_window_ignored(tiny_target, stock, monkeypatch):
     adapter, model = tiny_target("gemma3"), stock("gemma3")
+    monkeypatch.setattr(adapter, "exact", False)
     plain_tree_mask = masks.tree_mask
 
     def no_window(layout, kv_length, kv_offset=0, mask_function=None, batch_size=1):
@@ -210,3 +224,32 @@ def test_mrope_offset_is_per_prompt(tiny_target, stock, family):
     # The earlier sequence keeps its own offset.
     out = adapter.verify(tokens, ancestors, depths_from_parents(CHAIN), image_cache)
     assert max_node_error(out, tokens, ancestors, model, with_image, torch.zeros(0, dtype=torch.long)) < ATOL
+
+
+def test_exact_path_refuses_ancestors_that_disagree_with_depths(tiny_target):
+    adapter = tiny_target("llava")
+    cache = adapter.new_cache()
+    adapter.prefill(build_prompt(adapter, "llava"), cache)
+    causal = torch.ones(len(BRANCHING), len(BRANCHING), dtype=torch.bool).tril()
+    tokens = random_text_tokens(adapter, len(BRANCHING), torch.Generator().manual_seed(6))
+    with pytest.raises(ValueError, match="ancestors and depths disagree"):
+        adapter.verify(tokens, causal, depths_from_parents(BRANCHING), cache)
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3"])
+def test_negative_control_exact_path_without_ancestor_keys(tiny_target, stock, monkeypatch, family):
+    """Exact attention whose nodes see the prefix and themselves only: the per-path check catches it."""
+    adapter, model = tiny_target(family), stock(family)
+    real_groups = exact.depth_groups
+
+    def no_ancestors(prefix_len, depths, ancestors):
+        return real_groups(prefix_len, torch.zeros_like(depths), torch.eye(len(depths), dtype=torch.bool))
+
+    monkeypatch.setattr(adapter_module, "depth_groups", no_ancestors)
+    inputs = build_prompt(adapter, family)
+    cache = adapter.new_cache()
+    adapter.prefill(inputs, cache)
+    tokens = random_text_tokens(adapter, len(BRANCHING), torch.Generator().manual_seed(11))
+    ancestors, depths = ancestors_from_parents(BRANCHING), depths_from_parents(BRANCHING)
+    out = adapter.verify(tokens, ancestors, depths, cache)
+    assert max_node_error(out, tokens, ancestors, model, inputs, torch.zeros(0, dtype=torch.long)) > 1e-3

@@ -32,7 +32,7 @@ def test_two_images_expand_and_prefill_like_the_stock_model(tiny_target, tiny_ta
     assert int((inputs.input_ids == adapter.image_token_id).sum()) == int(inputs.visual_mask.sum())
     singles = [int(adapter.build_inputs(messages(1), [image]).visual_mask.sum()) for image in images]
     assert int(inputs.visual_mask.sum()) == sum(singles)
-    out = adapter.prefill(inputs, adapter.new_cache())
+    out = adapter.prefill(inputs, adapter.new_cache(), all_logits=True)
     with torch.no_grad():
         ref = stock_model(tiny_target_path(family))(input_ids=inputs.input_ids, **inputs.model_kwargs).logits
     torch.testing.assert_close(out.logits, ref, atol=1e-5, rtol=0)
@@ -130,7 +130,7 @@ def test_head_applies_final_logit_softcapping(tiny_target_path):
     model = tf.Gemma3ForCausalLM.from_pretrained(tiny_target_path("gemma3_text"), final_logit_softcapping=0.5)
     adapter = TargetAdapter.from_pretrained(model)
     inputs = adapter.build_inputs("softcap check")
-    out = adapter.prefill(inputs, adapter.new_cache())
+    out = adapter.prefill(inputs, adapter.new_cache(), all_logits=True)
     assert out.logits.abs().max() <= 0.5
     with torch.no_grad():
         torch.testing.assert_close(out.logits, model(input_ids=inputs.input_ids).logits, atol=1e-5, rtol=0)

@@ -25,6 +25,7 @@ from transformers import (
 
 from .attention import ATTENTION_NAME, StatsRecorder, recording, register_dream_attention
 from .cache import TargetCache, keep_tree_entries
+from .exact import depth_groups, exact_tree
 from .families import Family, family_of
 from .inputs import InputBuilder, TargetInputs, processor_chat_template
 from .masks import TreeLayout, tree_attention
@@ -51,9 +52,16 @@ class TargetAdapter:
 
     The wrapped model's language model is switched to the "dream" attention implementation (sdpa, plus tree
     masks and on-the-fly statistics); it stays usable as a plain model, with the same outputs.
+
+    `exact` (default True) picks the verify path. Exact: every tree node attends over exactly its visible keys,
+    as a one-token decoding step would, so outputs equal the stock model's own generate() bit for bit, in bf16
+    too (docs/exactness.md). Not exact: one masked attention over prefix + tree, equal to a plain forward
+    only up to rounding (exact in fp32 up to ~1e-6). It may be switched between calls.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, processor: Any = None) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, processor: Any = None,
+                 *, exact: bool = True) -> None:
+        self.exact = exact
         spec = family_of(model.config)
         self._spec: Family = spec
         self.family: str = spec.name
@@ -83,6 +91,7 @@ class TargetAdapter:
         *,
         dtype: torch.dtype = torch.float32,
         processor: Any = None,
+        exact: bool = True,
     ) -> "TargetAdapter":
         """Load a checkpoint directory (or wrap a loaded model) with its tokenizer and processor.
 
@@ -100,7 +109,7 @@ class TargetAdapter:
         given = processor if isinstance(processor, ProcessorMixin) else None
         if expander == "stock":
             processor = given or AutoProcessor.from_pretrained(path)
-            return cls(model, processor.tokenizer, processor)
+            return cls(model, processor.tokenizer, processor, exact=exact)
         tokenizer = given.tokenizer if given else processor
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
         if tokenizer.chat_template is None and path:
@@ -108,7 +117,7 @@ class TargetAdapter:
         image_processor = None
         if expander is not None:
             image_processor = given.image_processor if given else AutoImageProcessor.from_pretrained(path)
-        return cls(model, tokenizer, image_processor)
+        return cls(model, tokenizer, image_processor, exact=exact)
 
     def build_inputs(self, prompt: str | list[dict], images: Sequence[Image.Image] = ()) -> TargetInputs:
         """A string prompt is used verbatim (write the family's image placeholder per image); chat messages
@@ -128,8 +137,12 @@ class TargetAdapter:
         layers: Sequence[int] = (),
         entropy: bool = False,
         visual_scores: bool = False,
+        all_logits: bool = False,
     ) -> ForwardOutput:
-        """Run the prompt into an empty cache; optionally capture layer outputs and attention statistics."""
+        """Run the prompt into an empty cache; optionally capture layer outputs and attention statistics.
+
+        Logits are [1, 1, V] at the last prompt position (the head over that row alone, as generate() does),
+        or [1, S, V] with all_logits. Statistics never change the outputs."""
         if cache.get_seq_length() != 0:
             raise ValueError("prefill needs an empty cache (TargetAdapter.new_cache())")
         bad = [layer for layer in layers if not 0 <= layer < self.num_layers]
@@ -162,14 +175,16 @@ class TargetAdapter:
         if recorder is not None:
             stats = AttentionStats(entropy=recorder.entropy_matrix(), visual_scores=recorder.visual_scores)
         features = out.last_hidden_state
-        return ForwardOutput(self.head(features), features, embeds, dict(sorted(layer_outputs.items())), stats)
+        logits = self.head(features if all_logits else features[:, -1:])
+        return ForwardOutput(logits, features, embeds, dict(sorted(layer_outputs.items())), stats)
 
     @torch.no_grad()
     def verify(self, tokens: Tensor, ancestors: Tensor, depths: Tensor, cache: TargetCache) -> ForwardOutput:
         """One forward over N tree nodes; node i sees the committed prefix and its own ancestors only.
 
-        tokens [N] long; ancestors [N, N] bool (ancestors[i, j]: j is i or an ancestor of i); depths [N] long.
-        Node i has position cache_len + depths[i]; the cache grows by N (commit() then keeps the accepted path).
+        tokens [N] long; ancestors [N, N] bool (ancestors[i, j]: j is i or an ancestor of i, parents before
+        children); depths [N] long. Node i has position cache_len + depths[i]; the cache grows by N (commit()
+        then keeps the accepted path). A one-node tree is one plain decoding step.
         """
         prefix = cache.get_seq_length()
         last = prefix + int(depths.max())  # read before the transfer: no device sync on the caller's CPU tree
@@ -181,7 +196,8 @@ class TargetAdapter:
         position_ids = layout.positions[None]  # [1, N]
         if self._spec.mrope:
             position_ids = (position_ids + cache.rope_delta)[None].expand(3, 1, -1)  # [3, 1, N]
-        with tree_attention(layout):
+        attention = exact_tree(depth_groups(prefix, depths, layout.ancestors)) if self.exact else tree_attention(layout)
+        with attention:
             ids = tokens.to(device)[None]
             out = self._lm(input_ids=ids, position_ids=position_ids, cache=cache, use_cache=True)
         features = out.last_hidden_state

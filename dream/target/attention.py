@@ -1,9 +1,11 @@
-"""The "dream" attention function: sdpa, or eager attention that reduces its weights on the fly.
+"""The "dream" attention function: transformers' sdpa, per-node exact tree attention, and statistics.
 
 Attention statistics need the softmax weights, which sdpa never materialises, and holding every layer's
 [H, S, S] map at once (output_attentions) costs L times the memory of one. During a recorded prefill, the
-layers whose statistics are wanted run eager attention here and hand their weights straight to a
-`StatsRecorder`, which keeps only the reductions ([S] per layer, [S_vis] for the last layer).
+layers whose statistics are wanted also compute eager weights here and hand them straight to a
+`StatsRecorder`, which keeps only the reductions ([S] per layer, [S_vis] for the last layer); the layer's
+output is still sdpa's, so recording never changes the forward (a plain generate() prefill matches it).
+Inside `exact.exact_tree` the tree nodes attend per depth group (see exact.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface
 
+from .exact import active_groups, exact_tree_attention
 from .masks import dream_mask
 
 ATTENTION_NAME = "dream"
@@ -66,19 +69,12 @@ def recording(recorder: StatsRecorder) -> Iterator[StatsRecorder]:
         _RECORDER.reset(token)
 
 
-def _eager_with_stats(
-    module: torch.nn.Module,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    attention_mask: Tensor | None,
-    scaling: float | None,
-    softcap: float | None,
+def _attention_weights(
+    query: Tensor, key: Tensor, attention_mask: Tensor | None, scaling: float | None, softcap: float | None,
     is_causal: bool,
-    recorder: StatsRecorder,
-) -> tuple[Tensor, Tensor]:
-    groups = query.shape[1] // key.shape[1]
-    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+) -> Tensor:
+    """[1, H, Q, K] float32 softmax weights, as eager attention computes them (sdpa never materialises them)."""
+    key = repeat_kv(key, query.shape[1] // key.shape[1])
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if softcap is not None:
@@ -92,10 +88,7 @@ def _eager_with_stats(
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
         else:
             scores = scores + attention_mask
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32)
-    recorder.record(module.layer_idx, weights)
-    out = torch.matmul(weights.to(query.dtype), value)
-    return out.transpose(1, 2).contiguous(), weights
+    return torch.softmax(scores, dim=-1, dtype=torch.float32)
 
 
 def dream_attention(
@@ -108,16 +101,20 @@ def dream_attention(
     scaling: float | None = None,
     **kwargs,
 ) -> tuple[Tensor, Tensor | None]:
+    groups = active_groups()
+    if groups is not None:
+        return exact_tree_attention(module, query, key, value, groups, dropout=dropout, scaling=scaling, **kwargs)
+    output = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                    **kwargs)
     recorder = _RECORDER.get()
-    if recorder is None or not recorder.wants(getattr(module, "layer_idx", None)):
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
-    is_causal = kwargs.get("is_causal")
-    is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
-    return _eager_with_stats(
-        module, query, key, value, attention_mask, scaling, kwargs.get("softcap"), is_causal, recorder
-    )
+    layer_idx = getattr(module, "layer_idx", None)
+    if recorder is not None and recorder.wants(layer_idx):
+        # Statistics come from a separate eager pass, so the layer's output stays the stock sdpa one.
+        is_causal = kwargs.get("is_causal")
+        is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        weights = _attention_weights(query, key, attention_mask, scaling, kwargs.get("softcap"), is_causal)
+        recorder.record(layer_idx, weights)
+    return output
 
 
 def register_dream_attention() -> None:

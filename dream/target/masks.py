@@ -4,7 +4,8 @@ The adapter registers `dream_mask` as the mask builder of the "dream" attention 
 tree forward it is exactly transformers' `sdpa_mask`. Inside one (`tree_attention`), it evaluates the
 model's own mask function (causal, sliding window, ...) on token POSITIONS rather than cache indices, and
 ANDs in the ancestor matrix. Because every model asks for its masks through this builder, per-layer-type
-masks (Gemma3's full + sliding layers) come out right without any per-family code.
+masks (Gemma3's full + sliding layers) come out right without any per-family code. Inside an exact tree
+forward (exact.py) it builds nothing: the attention function picks each node's keys itself.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 from transformers.masking_utils import causal_mask_function, sdpa_mask
+
+from .exact import active_groups
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ def dream_mask(
     **kwargs,
 ) -> Tensor | None:
     """Mask builder registered in `AttentionMaskInterface` under the "dream" name."""
+    if active_groups() is not None:
+        return None  # exact tree attention picks each node's keys itself
     layout = _ACTIVE_TREE.get()
     if layout is None:
         return sdpa_mask(

@@ -1,0 +1,107 @@
+"""Exact tree attention: every tree node attends the way a one-token decoding step would attend for it.
+
+Why (docs/exactness.md): in bf16 on a CPU, sdpa's result for one query depends on what else the call holds.
+The same query over L keys differs (up to ~1e-3) from that query over L + 11 keys with the 11 masked, and a
+one-token step with an explicit mask (transformers then packs the GQA heads into query rows) differs from
+one without (enable_gqa). A tree verify that masks its extra keys therefore drifts from plain decoding and
+greedy outputs can part at near ties. Everything else in the forward (linear layers, norms, rotary) gives a
+row the same result whatever rows come with it, so fixing attention makes the whole verify exact.
+
+Here the nodes of equal depth, which see equally many keys, form one batch: batch row b is node b's single
+query over its visible keys, in the order a plain decode would have cached them (prefix, ancestors by depth,
+itself), through transformers' own sdpa forward with the mask a one-token step gets from the stock mask
+builder: None, except an all-True mask over a full sliding window (Gemma3's sliding layers).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+
+@dataclass(frozen=True)
+class DepthGroup:
+    """The tree nodes of one depth; each attends over `length` keys."""
+
+    nodes: Tensor  # [n] long, tree node indices (ascending)
+    keys: Tensor | None  # [n, length] long, cache indices each node attends over, in cache order of a
+    #   plain decode (prefix, ancestors by depth, itself); None: the contiguous range 0 .. length - 1
+    length: int  # prefix_len + depth + 1
+
+
+def depth_groups(prefix_len: int, depths: Tensor, ancestors: Tensor) -> tuple[DepthGroup, ...]:
+    """Group the N tree nodes by depth. depths [N] long; ancestors [N, N] bool with parents before children
+    (node indices along a path ascend), so a row's ancestors in index order are in depth order."""
+    device = depths.device
+    prefix = torch.arange(prefix_len, device=device)
+    groups = []
+    for depth in range(int(depths.max()) + 1):
+        nodes = (depths == depth).nonzero().flatten()
+        visible = ancestors[nodes]  # [n, N]
+        if not bool((visible.sum(1) == depth + 1).all()):
+            raise ValueError(f"ancestors and depths disagree: a node at depth {depth} must see {depth + 1} nodes")
+        path = visible.nonzero()[:, 1].view(nodes.numel(), depth + 1)  # [n, depth + 1]
+        if nodes.numel() == 1 and torch.equal(path[0], torch.arange(depth + 1, device=device)):
+            keys = None  # a chain prefix: the keys are a slice of the cache, no gather
+        else:
+            keys = torch.cat([prefix.expand(nodes.numel(), -1), prefix_len + path], dim=1)
+        groups.append(DepthGroup(nodes, keys, prefix_len + depth + 1))
+    return tuple(groups)
+
+
+_ACTIVE_GROUPS: ContextVar[tuple[DepthGroup, ...] | None] = ContextVar("dream_exact_groups", default=None)
+
+
+@contextmanager
+def exact_tree(groups: tuple[DepthGroup, ...]) -> Iterator[None]:
+    """Within this block, "dream" attention runs per depth group (and its mask builder builds nothing)."""
+    token = _ACTIVE_GROUPS.set(groups)
+    try:
+        yield
+    finally:
+        _ACTIVE_GROUPS.reset(token)
+
+
+def active_groups() -> tuple[DepthGroup, ...] | None:
+    return _ACTIVE_GROUPS.get()
+
+
+def exact_tree_attention(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    groups: tuple[DepthGroup, ...],
+    **kwargs,
+) -> tuple[Tensor, None]:
+    """query [1, H, N, D]; key / value [1, H_kv, P + N, D] (the cache after this step's update).
+    Returns [1, N, H, D], like transformers' attention functions."""
+    window = kwargs.get("sliding_window")
+    out = query.new_empty(1, query.shape[2], query.shape[1], query.shape[3])
+    for group in groups:
+        q = query[0, :, group.nodes].transpose(0, 1).unsqueeze(2)  # [n, H, 1, D]
+        k, v = _visible(key, group), _visible(value, group)  # [n, H_kv, L, D]
+        mask = None
+        if window is not None and group.length >= window:
+            # What the stock builder gives a one-token step whose window is full: an all-True mask
+            # over the last `window` keys (it only skips the mask while fewer keys are visible).
+            k, v = k[:, :, -window:], v[:, :, -window:]
+            mask = torch.ones(1, 1, 1, window, dtype=torch.bool, device=query.device)
+        attn, _ = sdpa_attention_forward(module, q, k, v, mask, **kwargs)  # [n, 1, H, D]
+        out[0, group.nodes] = attn[:, 0]
+    return out, None
+
+
+def _visible(states: Tensor, group: DepthGroup) -> Tensor:
+    """[1, H_kv, S, D] -> [n, H_kv, L, D]: each node's visible entries, in cache order."""
+    if group.keys is None:
+        return states[:, :, : group.length]
+    n, length = group.keys.shape
+    gathered = states[0].index_select(1, group.keys.flatten())  # [H_kv, n * L, D]
+    return gathered.view(states.shape[1], n, length, states.shape[3]).transpose(0, 1)
