@@ -86,6 +86,10 @@ class DraftModel(nn.Module):
 
     def bind_head(self, head: SharedHead) -> None:
         """Attach the target's head (never a parameter, never saved); rebind after changing vocab_map."""
+        self._head = self.restricted_head(head)
+
+    def restricted_head(self, head: SharedHead) -> SharedHead:
+        """The target's head as this draft scores with it: the vocab_map rows, in the draft's dtype."""
         if head.weight.shape != (self.config.vocab_size, self.config.hidden_size):
             raise ValueError(
                 f"target head is {tuple(head.weight.shape)}, the draft expects "
@@ -95,9 +99,7 @@ class DraftModel(nn.Module):
         if self.vocab_map is not None:
             weight = weight.index_select(0, self.vocab_map.to(weight.device))
             bias = None if bias is None else bias.index_select(0, self.vocab_map.to(bias.device))
-        self._head = SharedHead(
-            weight.to(self.dtype), None if bias is None else bias.to(self.dtype), head.softcap
-        )
+        return SharedHead(weight.to(self.dtype), None if bias is None else bias.to(self.dtype), head.softcap)
 
     @property
     def head_bound(self) -> bool:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from dream.draft.compression import select_kept_positions
 from dream.draft.base import DraftModel, DraftState
-from dream.draft.head import target_head
+from dream.draft.head import apply_head, target_head
 from dream.proposer import AcceptedStep, PrefillRequest, PromptState
 from dream.tree import Tree, TreeConfig, build_tree
 
@@ -41,7 +41,9 @@ class DraftProposer:
         generator: torch.Generator | None = None,
         keep_ratio: float | None = None,      # visual tokens kept; None = what the draft was trained with
     ) -> None:
-        self.draft = draft.eval()
+        # The draft may be shared (by methods, threads, a training loop): nothing here writes to it. It has
+        # no dropout, so its train/eval mode does not change what it computes.
+        self.draft = draft
         self.target = target
         self.tree_cfg = tree_cfg
         self.temperature = temperature
@@ -49,8 +51,7 @@ class DraftProposer:
         self.keep_ratio = draft.config.keep_ratio if keep_ratio is None else keep_ratio
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
-        if not draft.head_bound:
-            draft.bind_head(target_head(target))
+        self._head = draft.restricted_head(target_head(target))
         self._blocked = _draft_ids(draft.vocab_map, getattr(target, "image_token_id", None))
         self._state: DraftState | None = None
         self._next_position = 0                              # target position of the pending root
@@ -143,7 +144,8 @@ class DraftProposer:
 
     def _logits(self, features: Tensor) -> Tensor:
         """Draft features [k, H] -> float logits [k, V_draft] with the blocked ids at -inf."""
-        logits = self.draft.head(features).float()
+        head = self._head
+        logits = apply_head(features.to(head.weight.dtype), head.weight, head.bias, head.softcap).float()
         if self._blocked.numel():
             logits[:, self._blocked] = float("-inf")
         return logits
