@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog=f"dream {known.command}", description=COMMANDS[known.command][1])
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
+    args.argv = ["dream", *argv]     # the command line as given, for the records a command writes
     try:
         return int(module.run(args) or 0)
     except (ValueError, FileNotFoundError) as err:

@@ -1,9 +1,10 @@
 """What `generate`, `bench` and `demo` share: method names, targets, drafts and the proposer of each method.
 
-Methods: `ar` (plain autoregressive decoding, the baseline), `pld` (prompt lookup, model-free), and one per
-draft: `eagle2`, `dream`, and ablations `dream-<what>` (a differently trained DREAM draft, or the DREAM draft
-run at another visual keep ratio, `dream-keep50`). A method's name fixes the draft architecture it needs,
-so a mislabelled checkpoint is refused before anything runs.
+Methods: `ar` (plain autoregressive decoding through the engine), `hf` (the same loaded model's own
+transformers `generate()`, dream.bench.hf; bench and demo only), `pld` (prompt lookup, model-free), and one
+per draft: `eagle2`, `dream`, and ablations `dream-<what>` (a differently trained DREAM draft, or the DREAM
+draft run at another visual keep ratio, `dream-keep50`). A method's name fixes the draft architecture it
+needs, so a mislabelled checkpoint is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -26,7 +28,8 @@ log = logging.getLogger(__name__)
 
 SHIPPED_DRAFTS = Path(__file__).resolve().parent / "assets" / "drafts"
 SHIPPED_NAMES = ("eagle2", "dream")
-BASELINES = ("ar", "pld")
+BASELINES = ("ar", "hf", "pld")     # methods without a draft, always available
+PLAIN = ("ar", "hf")                # plain decoding: the speedup baseline is the faster of these
 _DRAFT_METHOD = re.compile(r"(eagle2|dream|dream-[a-z0-9][a-z0-9._-]*)")
 
 
@@ -42,12 +45,13 @@ class Method:
     draft: DraftCheckpoint | None = None   # None for ar and pld
     draft_path: Path | None = None
     keep_ratio: float | None = None        # None: the ratio the draft was trained with
+    tree: TreeConfig | None = None         # None: the run's tree; pld reads only its depth (the chain length)
 
 
 def draft_architecture(name: str) -> str:
     """The architecture a draft method needs; ValueError for a name that is not a draft method."""
     if name in BASELINES:
-        raise ValueError(f"{name!r} is a baseline that always runs; it cannot name a draft")
+        raise ValueError(f"{name!r} names a method without a draft; it cannot name a draft")
     if not _DRAFT_METHOD.fullmatch(name):
         raise ValueError(f"unknown method name {name!r}: drafts are named eagle2, dream or dream-<ablation> "
                          f"(lower case letters, digits, '.', '_', '-')")
@@ -109,21 +113,25 @@ def keep_ratio_name(ratio: float) -> str:
     return f"dream-keep{round(ratio * 100)}"
 
 
-def load_methods(target: TargetAdapter, drafts: list[DraftSpec], keep_ratios: list[float],
-                 dtype: torch.dtype) -> list[Method]:
-    """ar, pld, every draft (fingerprint-checked against `target`), then the keep-ratio runs of `dream`."""
-    plan_method_names(drafts, keep_ratios)
-    methods = [Method("ar"), Method("pld")]
-    for spec in drafts:
-        methods.append(Method(spec.name, load_draft(spec.path, target, dtype=dtype), spec.path))
-    if keep_ratios:
-        dream = next(m for m in methods if m.name == "dream")
-        methods += [Method(keep_ratio_name(r), dream.draft, dream.draft_path, r) for r in keep_ratios]
+def load_methods(target: TargetAdapter, drafts: list[DraftSpec], keep_ratios: list[float], dtype: torch.dtype,
+                 selected: Sequence[str] | None = None) -> list[Method]:
+    """ar, hf, pld, every draft (fingerprint-checked against `target`), then the keep-ratio runs of `dream`;
+    only those in `selected` when given (a draft that is not selected is not loaded)."""
+    names = plan_method_names(drafts, keep_ratios, selected)
+    methods = [Method(name) for name in BASELINES if name in names]
+    loaded = {spec.name: load_draft(spec.path, target, dtype=dtype) for spec in drafts
+              if spec.name in names or (spec.name == "dream" and keep_ratios)}
+    methods += [Method(spec.name, loaded[spec.name], spec.path) for spec in drafts if spec.name in names]
+    dream = next((spec for spec in drafts if spec.name == "dream"), None)
+    methods += [Method(keep_ratio_name(r), loaded["dream"], dream.path, r) for r in keep_ratios
+                if keep_ratio_name(r) in names]
     return methods
 
 
-def plan_method_names(drafts: list[DraftSpec], keep_ratios: list[float]) -> list[str]:
-    """The methods a run will have, in order; checked before any model is loaded."""
+def plan_method_names(drafts: list[DraftSpec], keep_ratios: list[float],
+                      selected: Sequence[str] | None = None) -> list[str]:
+    """The methods a run will have, in order; checked before any model is loaded. `selected` (a subset, in
+    any order) keeps only those; a name that is not available is an error."""
     names = [*BASELINES, *(d.name for d in drafts)]
     if keep_ratios and "dream" not in names:
         raise ValueError("--keep-ratios runs the 'dream' draft at other ratios: give one with --draft dream=DIR")
@@ -131,12 +139,31 @@ def plan_method_names(drafts: list[DraftSpec], keep_ratios: list[float]) -> list
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"method names must be unique, got {duplicates} more than once")
+    if selected is None:
+        return names
+    unknown = [n for n in selected if n not in names]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r}: this run has {', '.join(names)}")
+    if not any(n in PLAIN for n in selected):
+        raise ValueError(f"the methods must include a plain baseline ({' or '.join(PLAIN)}) to measure speedups")
+    return [n for n in names if n in selected]
+
+
+def parse_methods(text: str | None) -> list[str] | None:
+    """`--methods ar,hf,dream` -> the names (None when not given)."""
+    if text is None:
+        return None
+    names = [part.strip() for part in text.split(",")]
+    if not all(names):
+        raise ValueError(f"--methods must be comma-separated method names, got {text!r}")
     return names
 
 
 def make_proposer(method: Method, target: TargetAdapter, tree: TreeConfig, sampling: SamplingConfig,
                   seed: int) -> Proposer | None:
-    """A fresh proposer for one generation (no state carried between prompts)."""
+    """A fresh proposer for one generation (no state carried between prompts); the method's own tree wins."""
+    assert method.name != "hf", "hf decodes with transformers' generate(), not the engine"
+    tree = method.tree or tree
     if method.name == "ar":
         return None
     if method.name == "pld":
@@ -161,5 +188,7 @@ def method_config(method: Method) -> dict:
 # The command-line default tree: the best of three shapes measured with the shipped drafts on the 2-core CPU
 # (bf16, T=0, 8 describe prompts; speedup over ar for eagle2 / dream): top_k 4, depth 4, 16 nodes 2.31x /
 # 2.32x; top_k 4, depth 6, 24 nodes 2.57x / 2.77x; top_k 3, depth 5, 12 nodes 2.83x / 3.02x. On a CPU a
-# verify forward costs ~1.2x a decode step at 8-12 nodes and ~1.9x at 32, so a narrow tree wins.
+# verify forward costs ~1.2x a decode step at 8-12 nodes and ~1.9x at 32, so a narrow tree wins. Those
+# prompts were evaluation prompts: `dream bench --tree auto` instead picks each method's shape on a dev
+# split the evaluation never sees (dream.bench.tune).
 CPU_TREE = TreeConfig(top_k=3, depth=5, total_tokens=12)

@@ -1,7 +1,8 @@
 """`dream bench` on a tiny Idefics3 target (the zoo target's family) with untrained drafts saved by
-save_draft: every method in the JSON, 0 greedy mismatches in fp32 on prompts whose images have other sizes,
-consistent metrics; each user error is one line and exit 2 before anything is timed; the loop warms up,
-interleaves and rotates methods; prompts files are read strictly."""
+save_draft: every method in the JSON (hf included), 0 greedy mismatches against hf in fp32 on prompts whose
+images have other sizes, consistent metrics, intervals, token ids and the recorded command; each user error
+is one line and exit 2 before anything is timed; the loop warms up, interleaves and rotates methods over
+repeats; prompts files are read strictly."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from fixtures import tiny_image
 
 import dream.bench.session
+import dream.commands.bench
 import dream.bench.run
 import dream.methods
 from dream.bench.run import BenchSettings, run_bench
@@ -22,7 +24,8 @@ from dream.draft import DraftConfig, build_draft, save_draft
 from dream.bench.prompts import load_image, read_prompts
 from dream.target import TargetAdapter
 
-FAST = ["--dtype", "fp32", "--max-new-tokens", "8", "--tree-top-k", "2", "--depth", "2", "--total-tokens", "4"]
+FAST_RUN = ["--dtype", "fp32", "--max-new-tokens", "8"]
+FAST = [*FAST_RUN, "--tree-top-k", "2", "--depth", "2", "--total-tokens", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -60,32 +63,43 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 
 def test_bench_json_has_every_method_and_no_greedy_mismatch(setup, tmp_path, capsys):
     out, plot = tmp_path / "r.json", tmp_path / "r.png"
-    rc = main(["bench", "--target", str(setup["target"]), "--prompts", str(setup["prompts"]),
-               "--draft", f"dream={setup['dream']}", "--draft", str(setup["eagle2"]),
-               "--draft", f"dream-nomid={setup['nomid']}", "--keep-ratios", "1.0,0.5",
-               "--json", str(out), "--plot", str(plot), "--threads", "1", *FAST])
-    assert rc == 0
+    argv = ["bench", "--target", str(setup["target"]), "--prompts", str(setup["prompts"]),
+            "--draft", f"dream={setup['dream']}", "--draft", str(setup["eagle2"]),
+            "--draft", f"dream-nomid={setup['nomid']}", "--keep-ratios", "1.0,0.5", "--repeats", "2",
+            "--json", str(out), "--plot", str(plot), "--threads", "1", *FAST]
+    assert main(argv) == 0
     doc = json.loads(out.read_text())
-    names = ["ar", "pld", "dream", "eagle2", "dream-nomid", "dream-keep100", "dream-keep50"]
-    assert list(doc["methods"]) == names
+    names = ["ar", "hf", "pld", "dream", "eagle2", "dream-nomid", "dream-keep100", "dream-keep50"]
+    assert list(doc["methods"]) == names and doc["mismatch_reference"] == "hf"
+    assert doc["speedup_baseline"] in ("ar", "hf")
     for name, m in doc["methods"].items():
-        assert m["mismatches"] == 0, name
+        assert m["mismatches"] == 0 and m["mismatch_details"] == [], name
         assert m["tau"] == pytest.approx(1 + sum(m["acceptance_by_depth"])), name
-        assert m["generations"] == 3 and m["num_tokens"] > 0 and m["target_forwards"] > 0
+        assert m["generations"] == 6 and m["num_tokens"] > 0 and m["target_forwards"] > 0     # 3 prompts x 2
         assert set(m["time_split"]) == {"prefill_s", "draft_s", "verify_s", "other_s", "total_s"}
         assert set(m["categories"]) == {"describe", "vqa"}
-        assert m["categories"]["vqa"]["generations"] == 2
-    ar = doc["methods"]["ar"]
-    assert ar["tau"] == 1.0 and ar["speedup"] == 1.0 and ar["acceptance_by_depth"] == []
+        assert m["categories"]["vqa"]["generations"] == 4
+        low, high = m["tokens_per_s_ci"]
+        assert 0 < low <= high and m["tokens_per_s"] > 0
+        assert m["speedup"] == pytest.approx(m["tokens_per_s"] / doc["methods"][doc["speedup_baseline"]]["tokens_per_s"])
+        assert len(m["speedup_ci"]) == 2 and m["speedup_ci"][0] <= m["speedup_ci"][1]
+    plain = [doc["methods"][name] for name in ("ar", "hf")]
+    assert max(m["speedup"] for m in plain) == 1.0 and all(m["tau"] == 1.0 for m in plain)
+    assert doc["methods"]["ar"]["acceptance_by_depth"] == []
     assert max(m["tau"] for m in doc["methods"].values()) > 1.0     # paths past the root were verified
     config = doc["config"]
+    assert config["command"] == ["dream", *argv] and config["repeats"] == 2
+    assert len(config["code"]["commit"]) == 40 and isinstance(config["code"]["dirty"], bool)
     assert config["target_fingerprint"]["family"] == "idefics3" and config["dtype"] == "fp32"
     assert config["versions"]["torch"] == torch.__version__ and config["threads"] == 1
     assert config["tree"] == {"top_k": 2, "depth": 2, "total_tokens": 4, "chain": False}
     assert config["drafts"]["dream-keep50"]["keep_ratio"] == 0.5 and config["methods"] == names
+    assert config["trees"]["dream"] == config["tree"] and config["tune"] is None
     assert [p["line"] for p in doc["prompts"]] == [1, 2, 3]
-    texts = {name: o["text"] for name, o in doc["prompts"][0]["outputs"].items()}
-    assert len(set(texts.values())) == 1                     # lossless: every method wrote ar's text
+    outputs = doc["prompts"][0]["outputs"]
+    assert len({o["text"] for o in outputs.values()}) == 1          # lossless: every method wrote hf's text
+    assert len({tuple(o["token_ids"]) for o in outputs.values()}) == 1
+    assert all(len(o["token_ids"]) == o["num_tokens"] > 0 and len(o["repeats"]) == 2 for o in outputs.values())
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
     assert all(f"\n{name} " in table for name in names[1:]) and "by category" in table
@@ -97,7 +111,7 @@ def test_bench_at_temperature_reports_no_mismatches(setup, tmp_path):
                "--warmup", "0", "--temperature", "1.0", "--json", str(out), *FAST])
     assert rc == 0
     doc = json.loads(out.read_text())
-    assert list(doc["methods"]) == ["ar", "pld"]
+    assert list(doc["methods"]) == ["ar", "hf", "pld"]
     assert all(m["mismatches"] is None for m in doc["methods"].values())
     assert doc["config"]["sampling"]["temperature"] == 1.0 and doc["config"]["num_prompts"] == 1
 
@@ -117,7 +131,7 @@ ERRORS = {
     "unknown_key": (lambda s, t: ["--prompts", str(bad_prompts(s, t, "unknown_key"))], ["p.jsonl:1", "'x'"]),
     "missing_prompts": (lambda s, t: ["--prompts", str(t / "none.jsonl")], ["none.jsonl"]),
     "unknown_method": (lambda s, t: ["--draft", f"medusa={s['dream']}"], ["unknown method name 'medusa'"]),
-    "baseline_name": (lambda s, t: ["--draft", f"pld={s['dream']}"], ["'pld' is a baseline"]),
+    "baseline_name": (lambda s, t: ["--draft", f"pld={s['dream']}"], ["'pld' names a method without a draft"]),
     "wrong_architecture": (lambda s, t: ["--draft", f"eagle2={s['dream']}"], ["is a dream checkpoint"]),
     "other_target": (lambda s, t: ["--draft", str(s["other"])], ["different target", "lm_head_sha256"]),
     "keep_without_dream": (lambda s, t: ["--keep-ratios", "0.5"], ["--keep-ratios"]),
@@ -126,15 +140,40 @@ ERRORS = {
     "not_a_draft": (lambda s, t: ["--draft", str(t)], ["not a draft checkpoint"]),
     "bad_threads": (lambda s, t: ["--threads", "0"], ["--threads must be >= 1"]),
     "bad_warmup": (lambda s, t: ["--warmup", "-1"], ["warmup must be >= 0"]),
+    "zero_repeats": (lambda s, t: ["--repeats", "0"], ["--repeats must be >= 1, got 0"]),
+    "unknown_selected": (lambda s, t: ["--methods", "ar,medusa"], ["unknown method 'medusa'", "ar, hf, pld"]),
+    "no_plain_method": (lambda s, t: ["--methods", "pld"], ["plain baseline (ar or hf)"]),
+    "json_is_a_folder": (lambda s, t: ["--json", str(t)], ["--json", "is a directory"]),
+    "json_unwritable": (lambda s, t: ["--json", "/proc/dream-bench.json"], ["--json", "cannot be written"]),
+    "json_under_a_file": (lambda s, t: ["--json", str(s["prompts"] / "r.json")], ["cannot be written"]),
+    "plot_unwritable": (lambda s, t: ["--plot", "/proc/dream-bench.png"], ["--plot", "cannot be written"]),
+    "plot_suffix": (lambda s, t: ["--plot", str(t / "r.txt")], ["--plot", "must end in one of", ".png"]),
+    "same_outputs": (lambda s, t: ["--json", str(t / "r.png"), "--plot", str(t / "r.png")], ["the same file"]),
+    "dev_overlaps": (lambda s, t: ["--tree", "auto", "--dev-prompts", str(s["prompts"])],
+                     ["overlaps the evaluation prompts", "3 share", "dev line 1 is evaluation line 1"]),
+    "dev_overlaps_by_pixels": (lambda s, t: ["--tree", "auto", "--dev-prompts", str(copied_prompt(s, t))],
+                               ["overlaps the evaluation prompts", "1 share", "dev line 2 is evaluation line 3"]),
+    "auto_with_shape": (lambda s, t: ["--tree", "auto", "--depth", "3"], ["--tree auto chooses", "--depth"]),
+    "dev_without_auto": (lambda s, t: ["--dev-prompts", str(s["prompts"])], ["only with --tree auto"]),
 }
+
+
+def copied_prompt(setup, tmp_path) -> Path:
+    """A dev file whose second prompt is evaluation line 3 with its image under another name."""
+    (tmp_path / "copy.png").write_bytes((setup["root"] / "img2.png").read_bytes())
+    lines = [{"image": str(setup["root"] / "img2.png"), "prompt": "Something else?"},
+             {"image": "copy.png", "prompt": "What is it?"}]
+    return write_lines(tmp_path / "dev.jsonl", [json.dumps(x) for x in lines])
 
 
 @pytest.mark.parametrize("case", sorted(ERRORS))
 def test_bench_user_errors_are_one_line_before_timing(setup, tmp_path, capsys, monkeypatch, case):
     monkeypatch.setattr(dream.bench.session, "run_bench", lambda *a, **k: pytest.fail("timing started"))
+    monkeypatch.setattr(dream.commands.bench, "tune_methods", lambda *a, **k: pytest.fail("tuning started"))
     extra, expected = ERRORS[case]
-    args = ["bench", "--target", str(setup["target"]), "--prompts", str(setup["prompts"]), *FAST]
-    rc = main(args + extra(setup, tmp_path))
+    extra = extra(setup, tmp_path)
+    shape = FAST_RUN if "auto" in extra else FAST        # --tree auto refuses a given shape
+    rc = main(["bench", "--target", str(setup["target"]), "--prompts", str(setup["prompts"]), *shape, *extra])
     err = capsys.readouterr().err
     assert rc == 2
     lines = [line for line in err.splitlines() if line.strip()]
@@ -144,23 +183,32 @@ def test_bench_user_errors_are_one_line_before_timing(setup, tmp_path, capsys, m
 
 def test_run_bench_warms_up_then_interleaves_and_rotates(setup, monkeypatch):
     calls: list[tuple[str, int]] = []
-    real_generate = dream.bench.run.generate
+    real_generate, real_hf = dream.bench.run.generate, dream.bench.run.hf_generate
 
     def recording(target, inputs, *, proposer, seed, **kwargs):
         calls.append((type(proposer).__name__, seed))
         return real_generate(target, inputs, proposer=proposer, seed=seed, **kwargs)
 
+    def recording_hf(target, inputs, sampling, max_new_tokens, seed):
+        calls.append(("hf", seed))
+        return real_hf(target, inputs, sampling, max_new_tokens, seed)
+
     monkeypatch.setattr(dream.bench.run, "generate", recording)
+    monkeypatch.setattr(dream.bench.run, "hf_generate", recording_hf)
     target = TargetAdapter.from_pretrained(setup["target"])
     prompts = read_prompts(setup["prompts"])
-    settings = BenchSettings(max_new_tokens=3, seed=10, warmup=2)
-    result = run_bench(target, [Method("ar"), Method("pld")], prompts, settings, progress=False)
-    ar, pld = "NoneType", "PromptLookupProposer"
-    assert calls == [(ar, 10), (pld, 10), (ar, 11), (pld, 11),                 # warm-up
-                     (ar, 10), (pld, 10), (pld, 11), (ar, 11), (ar, 12), (pld, 12)]
-    assert [len(runs) for runs in result.runs.values()] == [3, 3]
-    assert result.runs["ar"][1].token_ids == result.runs["pld"][1].token_ids
-    with pytest.raises(ValueError, match="'ar' baseline"):
+    settings = BenchSettings(max_new_tokens=3, seed=10, warmup=2, repeats=2)
+    result = run_bench(target, [Method("ar"), Method("hf"), Method("pld")], prompts, settings, progress=False)
+    ar, hf, pld = "NoneType", "hf", "PromptLookupProposer"
+    assert calls == [(ar, 10), (hf, 10), (pld, 10), (ar, 11), (hf, 11), (pld, 11),       # warm-up
+                     (ar, 10), (hf, 10), (pld, 10), (hf, 11), (pld, 11), (ar, 11),       # repeat 0
+                     (pld, 12), (ar, 12), (hf, 12),
+                     (hf, 13), (pld, 13), (ar, 13), (pld, 14), (ar, 14), (hf, 14),       # repeat 1: seeds go on
+                     (ar, 15), (hf, 15), (pld, 15)]
+    assert [[len(cells) for cells in runs] for runs in result.runs.values()] == [[2, 2, 2]] * 3
+    assert result.first("ar")[1].token_ids == result.first("pld")[1].token_ids == result.first("hf")[1].token_ids
+    assert result.runs["ar"][1][0].token_ids == result.runs["ar"][1][1].token_ids      # greedy: repeats agree
+    with pytest.raises(ValueError, match="plain baseline"):
         run_bench(target, [Method("pld")], prompts, settings, progress=False)
 
 

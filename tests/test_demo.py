@@ -40,7 +40,7 @@ def test_shipped_prompts_parse_and_their_images_exist():
     assert all((r.image_path, r.prompt) in pairs for r in demo_records)
     size = sum(f.stat().st_size for f in ASSETS_PROMPTS.rglob("*") if f.is_file())
     assert size < 1_000_000
-    used = {r.image_path.resolve() for r in heldout}
+    used = {r.image_path.resolve() for path in ASSETS_PROMPTS.glob("*.jsonl") for r in read_prompts(path)}
     assert used == {f.resolve() for f in (ASSETS_PROMPTS / "images").iterdir()}     # no stray images
 
 
@@ -61,16 +61,18 @@ def fake_result(categories: list[str | None], methods: list[str]) -> BenchResult
     records = read_prompts(HELDOUT_PROMPTS, limit=len(categories))
     records = [dataclasses.replace(r, category=c) for r, c in zip(records, categories)]
     run = PromptRun((1, 2), GenerationMetrics())
-    return BenchResult(records, [10] * len(records), {m: [run] * len(records) for m in methods})
+    return BenchResult(records, [10] * len(records), {m: [(run,)] * len(records) for m in methods})
 
 
 def test_showcase_prefers_a_long_answer_and_the_best_draft():
-    assert demo.showcase(fake_result(["vqa", "open", "natural"], ["ar", "pld", "eagle2", "dream"])) == (2, "dream")
-    assert demo.showcase(fake_result(["vqa", "describe"], ["ar", "pld", "eagle2"])) == (1, "eagle2")
-    assert demo.showcase(fake_result([None, None], ["ar", "pld"])) == (0, "pld")
-    parted = fake_result(["describe", "natural"], ["ar", "dream"])
-    parted.runs["dream"][0] = PromptRun((1, 3), GenerationMetrics())        # a bf16 near tie on prompt 0
-    assert demo.showcase(parted) == (1, "dream")
+    assert demo.showcase(fake_result(["vqa", "open", "natural"], ["ar", "pld", "eagle2", "dream"]), "ar") == (2, "dream")
+    assert demo.showcase(fake_result(["vqa", "describe"], ["ar", "pld", "eagle2"]), "ar") == (1, "eagle2")
+    assert demo.showcase(fake_result([None, None], ["ar", "pld"]), "ar") == (0, "pld")
+    parted = fake_result(["describe", "natural"], ["ar", "hf", "dream"])
+    parted.runs["dream"][0] = (PromptRun((1, 3), GenerationMetrics()),)     # a bf16 near tie on prompt 0
+    assert demo.showcase(parted, "hf") == (1, "dream")
+    parted.runs["hf"][0] = parted.runs["dream"][0]                          # the reference agrees after all
+    assert demo.showcase(parted, "hf") == (0, "dream")
 
 
 def test_demo_flow_with_a_stand_in_target(tiny_target_path, tmp_path, monkeypatch, capsys):
@@ -86,7 +88,8 @@ def test_demo_flow_with_a_stand_in_target(tiny_target_path, tmp_path, monkeypatc
     captured = capsys.readouterr()
     assert plot.read_bytes()[:4] == b"\x89PNG"
     doc = json.loads(out.read_text())
-    assert list(doc["methods"]) == ["ar", "pld", "dream"] and doc["config"]["dtype"] == "bf16"
+    assert list(doc["methods"]) == ["ar", "hf", "pld", "dream"] and doc["config"]["dtype"] == "bf16"
+    assert doc["config"]["command"][:2] == ["dream", "demo"] and doc["mismatch_reference"] == "hf"
     assert doc["config"]["tree"] == {"top_k": 3, "depth": 5, "total_tokens": 12, "chain": False}
     assert doc["config"]["num_prompts"] == 4
     assert "prompt (evqa_2.png): Describe this image." in captured.out and "answer (dream" in captured.out

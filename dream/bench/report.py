@@ -1,39 +1,61 @@
-"""`dream bench` results: per-method summaries, the terminal tables, the JSON document and the plot.
+"""`dream bench` results: per-method summaries, the terminal tables and the JSON document (plot: .plot).
 
-Definitions (counts and times come from dream.metrics, summed over prompts, ratios recomputed):
-  tau          generated tokens per target forward in the decode loop (1.0 for ar)
-  tokens_per_s generated tokens / generation time, prefill included
-  speedup      tokens_per_s / ar's tokens_per_s, on the same prompts in the same process
-  mismatches   prompts whose output differs from ar's, token for token; only meaningful for greedy
-               decoding (None at temperature > 0). In fp32 a lossless method has 0; in bf16 a tree
-               forward and a one-token forward round differently, so a near tie can flip an argmax.
+Definitions (counts and times come from dream.metrics, summed over prompts and repeats, ratios recomputed):
+  tau             generated tokens per target forward in the decode loop (1.0 for ar and hf)
+  tokens_per_s    the median over repeats of each repeat's tokens / seconds over the prompts, prefill
+                  included; tokens_per_s_ci its 95 % interval (dream.bench.stats says how)
+  speedup         tokens_per_s / that of the faster plain method (ar: the engine's own loop; hf: the model's
+                  transformers generate()), on the same cells; speedup_ci its paired 95 % interval
+  mismatches      prompts whose output differs from the reference's (hf when it ran, else ar), token for
+                  token, on the first repeat; only meaningful for greedy decoding (None at temperature > 0).
+                  In fp32 a lossless method has 0; in bf16 a tree forward and a one-token forward can round
+                  differently, so a near tie can flip an argmax. Each mismatch names its first differing
+                  position and both tokens there.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
+
+import numpy as np
 
 from dream.bench.run import BenchResult, PromptRun
+from dream.bench.stats import Cells, Estimate, rate_estimates
+from dream.methods import PLAIN
 from dream.metrics import GenerationMetrics, aggregate
 
 
 @dataclass(frozen=True)
+class Mismatch:
+    line: int                      # prompts-file line
+    position: int                  # first generated position where the tokens differ
+    expected: int | None           # the reference's token there (None: the reference had ended)
+    got: int | None                # this method's token there (None: this method had ended)
+
+    def to_dict(self) -> dict:
+        return {"line": self.line, "position": self.position, "expected": self.expected, "got": self.got}
+
+
+@dataclass(frozen=True)
 class Score:
-    metrics: GenerationMetrics
-    speedup: float
-    mismatched_lines: tuple[int, ...] | None   # prompts-file lines whose output differs from ar's; None at T > 0
+    metrics: GenerationMetrics                  # pooled over every prompt and repeat
+    tokens_per_s: Estimate
+    speedup: Estimate
+    mismatched: tuple[Mismatch, ...] | None     # None at T > 0
 
     @property
     def mismatches(self) -> int | None:
-        return None if self.mismatched_lines is None else len(self.mismatched_lines)
+        return None if self.mismatched is None else len(self.mismatched)
 
     def to_dict(self) -> dict:
         m = self.metrics
+        mismatched = self.mismatched
         return {
-            "tau": m.tau, "tokens_per_s": m.tokens_per_s, "speedup": self.speedup, "mismatches": self.mismatches,
-            "mismatched_lines": None if self.mismatched_lines is None else list(self.mismatched_lines),
+            "tau": m.tau, "tokens_per_s": self.tokens_per_s.value, "tokens_per_s_ci": self.tokens_per_s.to_list(),
+            "speedup": self.speedup.value, "speedup_ci": self.speedup.to_list(), "mismatches": self.mismatches,
+            "mismatched_lines": None if mismatched is None else [x.line for x in mismatched],
+            "mismatch_details": None if mismatched is None else [x.to_dict() for x in mismatched],
             "acceptance_by_depth": list(m.acceptance_by_depth),
             "time_split": {"prefill_s": m.prefill_s, "draft_s": m.draft_s, "verify_s": m.verify_s,
                            "other_s": m.other_s, "total_s": m.total_s},
@@ -47,118 +69,125 @@ class MethodSummary:
     categories: dict[str, Score]               # empty when no prompt has a category
 
 
-def summarize(result: BenchResult, greedy: bool) -> dict[str, MethodSummary]:
+@dataclass(frozen=True)
+class Summary:
+    methods: dict[str, MethodSummary]
+    baseline: str                              # the faster plain method over all prompts
+    reference: str                             # the method mismatches are counted against
+
+
+def summarize(result: BenchResult, greedy: bool) -> Summary:
     groups: dict[str, list[int]] = defaultdict(list)
     for index, record in enumerate(result.prompts):
         if record.category is not None:
             groups[record.category].append(index)
+    plain = [name for name in PLAIN if name in result.runs]
+    reference = "hf" if "hf" in result.runs else plain[0]
     every = list(range(len(result.prompts)))
-    reference = result.runs["ar"]
-    summaries = {}
+    overall, baseline = _scores(result, every, plain, reference, greedy)
+    by_category = {c: _scores(result, indices, plain, reference, greedy)[0] for c, indices in sorted(groups.items())}
+    methods = {name: MethodSummary(overall[name], {c: scores[name] for c, scores in by_category.items()})
+               for name in result.runs}
+    return Summary(methods, baseline, reference)
+
+
+def _scores(result: BenchResult, indices: list[int], plain: list[str], reference: str,
+            greedy: bool) -> tuple[dict[str, Score], str]:
+    """Every method's score on the prompts `indices`, and the faster plain method there."""
+    cells = {name: _cells([runs[i] for i in indices]) for name, runs in result.runs.items()}
+    estimates = rate_estimates(cells, plain)
+    scores = {}
     for name, runs in result.runs.items():
-        categories = {c: _score(runs, reference, indices, result, greedy) for c, indices in sorted(groups.items())}
-        summaries[name] = MethodSummary(_score(runs, reference, every, result, greedy), categories)
-    return summaries
+        metrics = aggregate([run.metrics for i in indices for run in runs[i]])
+        mismatched = None
+        if greedy:
+            mismatched = tuple(x for i in indices
+                               if (x := _mismatch(result.prompts[i].line, runs[i][0], result.runs[reference][i][0])))
+        scores[name] = Score(metrics, estimates.rates[name], estimates.speedups[name], mismatched)
+    return scores, estimates.baseline
 
 
-def _score(runs: list[PromptRun], reference: list[PromptRun], indices: list[int], result: BenchResult,
-           greedy: bool) -> Score:
-    metrics = aggregate([runs[i].metrics for i in indices])
-    baseline = aggregate([reference[i].metrics for i in indices])
-    speedup = metrics.tokens_per_s / baseline.tokens_per_s if baseline.tokens_per_s > 0 else 0.0
-    mismatched = None
-    if greedy:
-        mismatched = tuple(result.prompts[i].line for i in indices if runs[i].token_ids != reference[i].token_ids)
-    return Score(metrics, speedup, mismatched)
+def _cells(runs: list[tuple[PromptRun, ...]]) -> Cells:
+    tokens = np.array([[run.metrics.num_tokens for run in cells] for cells in runs], dtype=float)
+    seconds = np.array([[run.metrics.total_s for run in cells] for cells in runs], dtype=float)
+    return Cells(tokens, seconds)
 
 
-def format_table(summaries: dict[str, MethodSummary]) -> str:
-    depth = max((len(s.overall.metrics.acceptance_by_depth) for s in summaries.values()), default=0)
-    name_width = max(len("method"), *(len(name) for name in summaries))
+def _mismatch(line: int, run: PromptRun, reference: PromptRun) -> Mismatch | None:
+    got, expected = run.token_ids, reference.token_ids
+    if got == expected:
+        return None
+    position = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+    return Mismatch(line, position, expected[position] if position < len(expected) else None,
+                    got[position] if position < len(got) else None)
+
+
+def format_table(summary: Summary) -> str:
+    methods = summary.methods
+    depth = max((len(s.overall.metrics.acceptance_by_depth) for s in methods.values()), default=0)
+    name_width = max(len("method"), *(len(name) for name in methods))
     header = [f"{'method':<{name_width}}", f"{'tau':>5}", *(f"{'acc@' + str(d + 1):>6}" for d in range(depth)),
-              f"{'tok/s':>7}", f"{'speedup':>7}", f"{'mismatch':>8}"]
+              f"{'tok/s [95% CI]':>20}", f"{'speedup [95% CI]':>21}", f"{'mismatch':>8}"]
     lines = ["  ".join(header)]
-    for name, summary in summaries.items():
-        score = summary.overall
+    for name, method in methods.items():
+        score = method.overall
         accept = score.metrics.acceptance_by_depth
+        rate, speedup = score.tokens_per_s, score.speedup
         cells = [f"{name:<{name_width}}", f"{score.metrics.tau:5.2f}",
                  *(f"{accept[d]:6.2f}" if d < len(accept) else f"{'-':>6}" for d in range(depth)),
-                 f"{score.metrics.tokens_per_s:7.1f}", f"{score.speedup:6.2f}x",
+                 f"{f'{rate.value:.1f} [{rate.low:.1f}, {rate.high:.1f}]':>20}",
+                 f"{f'{speedup.value:.2f}x [{speedup.low:.2f}, {speedup.high:.2f}]':>21}",
                  f"{'-' if score.mismatches is None else score.mismatches:>8}"]
         lines.append("  ".join(cells))
+    lines.append(f"(speedup over {summary.baseline}, the faster plain method; mismatches against "
+                 f"{summary.reference})")
     return "\n".join(lines)
 
 
-def format_categories(summaries: dict[str, MethodSummary]) -> str | None:
+def format_categories(summary: Summary) -> str | None:
     """Per-category tau and speedup (None when the prompts have no categories)."""
-    first = next(iter(summaries.values()))
+    methods = summary.methods
+    first = next(iter(methods.values()))
     categories = list(first.categories)
     if not categories:
         return None
-    titles = [f"{c} ({first.categories[c].metrics.generations})" for c in categories]   # with prompt counts
-    name_width = max(len("method"), *(len(name) for name in summaries))
+    titles = [f"{c} ({first.categories[c].metrics.generations})" for c in categories]   # with run counts
+    name_width = max(len("method"), *(len(name) for name in methods))
     widths = [max(len(t), len("tau / speedup")) for t in titles]
     header = f"{'method':<{name_width}}  " + "  ".join(f"{t:>{w}}" for t, w in zip(titles, widths))
     sub = f"{'':<{name_width}}  " + "  ".join(f"{'tau / speedup':>{w}}" for w in widths)
     lines = [header, sub]
-    for name, summary in summaries.items():
+    for name, method in methods.items():
         cells = []
         for category, width in zip(categories, widths):
-            score = summary.categories[category]
-            cells.append(f"{f'{score.metrics.tau:.2f} / {score.speedup:.2f}x':>{width}}")
+            score = method.categories[category]
+            cells.append(f"{f'{score.metrics.tau:.2f} / {score.speedup.value:.2f}x':>{width}}")
         lines.append(f"{name:<{name_width}}  " + "  ".join(cells))
     return "\n".join(lines)
 
 
-def json_document(config: dict, summaries: dict[str, MethodSummary], result: BenchResult,
-                  texts: dict[str, list[str]]) -> dict:
-    """{"config", "methods", "prompts"}: settings, per-method scores, and per-prompt outputs."""
+def json_document(config: dict, summary: Summary, result: BenchResult, texts: dict[str, list[str]]) -> dict:
+    """{"config", "speedup_baseline", "mismatch_reference", "methods", "prompts"}: settings, per-method
+    scores, and per-prompt outputs (text and token ids of the first repeat, every repeat's timing)."""
     methods = {}
-    for name, summary in summaries.items():
-        entry = summary.overall.to_dict()
-        entry["categories"] = {c: score.to_dict() for c, score in summary.categories.items()}
+    for name, method in summary.methods.items():
+        entry = method.overall.to_dict()
+        entry["categories"] = {c: score.to_dict() for c, score in method.categories.items()}
         methods[name] = entry
     prompts = []
     for i, record in enumerate(result.prompts):
         prompts.append({
             "line": record.line, "image": str(record.image_path), "prompt": record.prompt,
             "category": record.category, "answer": record.answer, "prompt_tokens": result.prompt_lengths[i],
-            "outputs": {name: {"text": texts[name][i], "num_tokens": runs[i].metrics.num_tokens,
-                               "tau": runs[i].metrics.tau, "tokens_per_s": runs[i].metrics.tokens_per_s}
-                        for name, runs in result.runs.items()},
+            "outputs": {name: _output(runs[i], texts[name][i]) for name, runs in result.runs.items()},
         })
-    return {"config": config, "methods": methods, "prompts": prompts}
+    return {"config": config, "speedup_baseline": summary.baseline, "mismatch_reference": summary.reference,
+            "methods": methods, "prompts": prompts}
 
 
-def write_plot(summaries: dict[str, MethodSummary], path: str | Path, title: str) -> Path:
-    """Bars of speedup (left) and tau (right) by method; per category as well when there are categories."""
-    import matplotlib
-
-    matplotlib.use("Agg")   # no display here; and a file is all that is wanted
-    import matplotlib.pyplot as plt
-
-    names = list(summaries)
-    groups = ["all", *next(iter(summaries.values())).categories]
-    width = 0.8 / len(groups)
-    panel_width = max(4.5, (0.6 + 0.25 * len(groups)) * len(names))
-    fig, axes = plt.subplots(1, 2, figsize=(2 * panel_width, 4.2))
-    for ax, label, value in ((axes[0], "speedup over ar", lambda s: s.speedup),
-                             (axes[1], "tau (tokens per target forward)", lambda s: s.metrics.tau)):
-        for g, group in enumerate(groups):
-            scores = [summaries[n].overall if group == "all" else summaries[n].categories[group] for n in names]
-            xs = [i + (g - (len(groups) - 1) / 2) * width for i in range(len(names))]
-            bars = ax.bar(xs, [value(s) for s in scores], width, label=group)
-            if group == "all":
-                ax.bar_label(bars, fmt="%.2f", fontsize=8)
-        ax.axhline(1.0, color="gray", linewidth=0.8, linestyle="--")
-        ax.set_xticks(range(len(names)), names, rotation=20)
-        ax.set_ylabel(label)
-        if len(groups) > 1:
-            ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+def _output(cells: tuple[PromptRun, ...], text: str) -> dict:
+    first = cells[0]
+    return {"text": text, "token_ids": list(first.token_ids), "num_tokens": first.metrics.num_tokens,
+            "tau": first.metrics.tau, "tokens_per_s": first.metrics.tokens_per_s,
+            "repeats": [{"num_tokens": run.metrics.num_tokens, "total_s": run.metrics.total_s,
+                         "tau": run.metrics.tau} for run in cells]}

@@ -1,4 +1,9 @@
-"""One benchmark session: the recorded configuration, the timed run, the tables, the JSON and the plot."""
+"""One benchmark session: the recorded configuration, the timed run, the tables, the JSON and the plot.
+
+The recorded configuration holds everything that decides the numbers, and how to get them again: the
+command line as typed (`command`) and the code it ran (`code`: the git commit of the checkout the `dream`
+package was imported from, and whether tracked files differed from it, with their paths).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +22,8 @@ import torch
 import transformers
 
 from dream.bench.prompts import PromptRecord
-from dream.bench.report import MethodSummary, format_categories, format_table, json_document, summarize, write_plot
+from dream.bench.plot import write_plot
+from dream.bench.report import Summary, format_categories, format_table, json_document, summarize
 from dream.bench.run import BenchResult, BenchSettings, run_bench
 from dream.methods import Method, make_proposer, method_config
 from dream.target import TargetAdapter
@@ -26,41 +33,46 @@ log = logging.getLogger(__name__)
 
 def execute(target: TargetAdapter, methods: Sequence[Method], prompts: list[PromptRecord], settings: BenchSettings,
             config: dict, *, json_out: Path | None, plot_out: Path | None,
-            progress: bool = True) -> tuple[BenchResult, dict[str, MethodSummary], dict[str, list[str]]]:
-    """Run, print the tables, write the JSON and plot. Returns the raw result, summaries and decoded texts."""
+            progress: bool = True) -> tuple[BenchResult, Summary, dict[str, list[str]]]:
+    """Run, print the tables, write the JSON and plot. Returns the raw result, the summary and decoded texts."""
     load, cores = config["load_average_1m"], config["cpu_count"]
     if load is not None and cores and load > cores - 0.5:
         # Oversubscribed OpenMP threads spin and wait: timings then swing by multiples, not percent.
         log.warning("the machine is busy (load %.1f on %d cores): speeds will be noisy and low "
                     "(--threads 1 suffers least)", load, cores)
     result = run_bench(target, methods, prompts, settings, progress=progress)
-    summaries = summarize(result, settings.sampling.greedy)
+    summary = summarize(result, settings.sampling.greedy)
     # Decoding happens here, after every timed generation.
-    texts = {name: [target.tokenizer.decode(run.token_ids, skip_special_tokens=True) for run in runs]
-             for name, runs in result.runs.items()}
-    print(format_table(summaries))
-    if config["dtype"] == "bf16" and any(x.overall.mismatches for x in summaries.values()):
+    texts = {name: [target.tokenizer.decode(run.token_ids, skip_special_tokens=True) for run in result.first(name)]
+             for name in result.runs}
+    print(format_table(summary))
+    if config["dtype"] == "bf16" and any(x.overall.mismatches for x in summary.methods.values()):
         print("(mismatch in bf16: a tree forward rounds differently from a one-token forward, so a near tie "
               "can flip an argmax; --dtype fp32 checks losslessness)")
-    categories = format_categories(summaries)
+    categories = format_categories(summary)
     if categories:
         print("\nby category")
         print(categories)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(json_document(config, summaries, result, texts), indent=2) + "\n")
+        json_out.write_text(json.dumps(json_document(config, summary, result, texts), indent=2) + "\n")
         print(f"wrote {json_out}", file=sys.stderr)
     if plot_out is not None:
-        title = f"{config['target']} ({config['dtype']}, T={settings.sampling.temperature:g}, {len(prompts)} prompts)"
-        print(f"wrote {write_plot(summaries, plot_out, title)}", file=sys.stderr)
-    return result, summaries, texts
+        title = (f"{config['target']} ({config['dtype']}, T={settings.sampling.temperature:g}, {len(prompts)} prompts"
+                 f" x {settings.repeats} repeats)")
+        print(f"wrote {write_plot(summary, plot_out, title)}", file=sys.stderr)
+    return result, summary, texts
 
 
 def bench_config(target_name: str, target_path: Path, target: TargetAdapter, methods: Sequence[Method],
-                 settings: BenchSettings, dtype: str, prompts_file: Path, prompts: list[PromptRecord]) -> dict:
+                 settings: BenchSettings, dtype: str, prompts_file: Path, prompts: list[PromptRecord],
+                 command: Sequence[str] | None) -> dict:
     """Everything that decides the numbers: settings as resolved, the target's identity, the software."""
-    pld = make_proposer(Method("pld"), target, settings.tree, settings.sampling, settings.seed)
+    pld_method = next((m for m in methods if m.name == "pld"), Method("pld"))
+    pld = make_proposer(pld_method, target, settings.tree, settings.sampling, settings.seed)
     return {
+        "command": None if command is None else list(command),
+        "code": code_version(),
         "target": target_name,
         "target_path": str(target_path),
         "target_fingerprint": target.fingerprint(),
@@ -72,9 +84,11 @@ def bench_config(target_name: str, target_path: Path, target: TargetAdapter, met
         "max_new_tokens": settings.max_new_tokens,
         "sampling": dataclasses.asdict(settings.sampling),
         "tree": dataclasses.asdict(settings.tree),
+        "trees": {m.name: dataclasses.asdict(m.tree or settings.tree) for m in methods if m.draft is not None},
         "pld": {"num_tokens": pld.num_tokens, "max_ngram": pld.max_ngram, "min_ngram": pld.min_ngram},
         "seed": settings.seed,
         "warmup": settings.warmup,
+        "repeats": settings.repeats,
         "methods": [m.name for m in methods],
         "drafts": {m.name: method_config(m) for m in methods if m.draft is not None},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -84,3 +98,21 @@ def bench_config(target_name: str, target_path: Path, target: TargetAdapter, met
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,   # before the run
         "platform": platform.platform(),
     }
+
+
+def code_version() -> dict:
+    """{"commit", "dirty", "dirty_paths"} of the checkout the package runs from; Nones outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = _git(root, "rev-parse", "HEAD")
+        # Tracked files only, as `git describe --dirty` counts them: other work's untracked files change nothing.
+        status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError) as err:
+        log.warning("cannot read the code's git commit (%s): recording none", err)
+        return {"commit": None, "dirty": None, "dirty_paths": None}
+    paths = [line[3:] for line in status.splitlines() if line.strip()]
+    return {"commit": head.strip(), "dirty": bool(paths), "dirty_paths": paths}
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30).stdout

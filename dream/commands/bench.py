@@ -1,11 +1,14 @@
-"""`dream bench`: ar, pld and every draft side by side, in one process, on the same prompts.
+"""`dream bench`: ar, hf, pld and every draft side by side, in one process, on the same prompts.
 
     dream bench --target smolvlm-135m --prompts prompts.jsonl --draft dream=runs/dream \\
-        --draft eagle2=runs/eagle2 [--keep-ratios 1.0,0.5] [--temperature 0] [--max-new-tokens 64] \\
-        [--dtype bf16] [--json out.json] [--plot out.png]
+        --draft eagle2=runs/eagle2 [--methods ar,hf,dream] [--keep-ratios 1.0,0.5] [--temperature 0] \\
+        [--max-new-tokens 128] [--repeats 3] [--tree auto --dev-prompts dev.jsonl] [--dtype bf16] \\
+        [--json out.json] [--plot out.png]
 
-Without --draft, a zoo target runs its shipped drafts (the ones that exist). Every user error (a bad prompts
-line, a missing image, an unknown method name, a draft for another target, a prompt too long for the
+Without --draft, a zoo target runs its shipped drafts (the ones that exist). `--tree auto` chooses each
+method's tree shape (prompt lookup: its chain length) on the dev prompts first (dream.bench.tune). Every
+user error (a bad prompts line, a missing image, an unknown method, a draft for another target, a dev set
+that overlaps the evaluation prompts, an output path that cannot be written, a prompt too long for the
 context) is raised before the first timed generation. The loop is dream.bench.run, the report
 dream.bench.report.
 """
@@ -13,11 +16,15 @@ dream.bench.report.
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from pathlib import Path
 
-from dream.bench.prompts import HELDOUT_PROMPTS, read_prompts
+from dream.bench.plot import supported_suffixes
+from dream.bench.prompts import ASSETS_PROMPTS, HELDOUT_PROMPTS, read_prompts
 from dream.bench.run import BenchSettings
 from dream.bench.session import bench_config, execute
+from dream.bench.tune import check_disjoint, tune_methods
 from dream.commands.common import (
     add_device_argument,
     add_dtype_argument,
@@ -26,13 +33,23 @@ from dream.commands.common import (
     add_threads_argument,
     add_tree_arguments,
     set_threads,
-    tree_from_args,
 )
-from dream.methods import is_zoo_name, load_methods, parse_draft_arg, parse_keep_ratios, plan_method_names, shipped_drafts
+from dream.methods import (
+    CPU_TREE,
+    is_zoo_name,
+    load_methods,
+    parse_draft_arg,
+    parse_keep_ratios,
+    parse_methods,
+    plan_method_names,
+    shipped_drafts,
+)
 from dream.sampling import SamplingConfig
 from dream.settings import torch_dtype
 from dream.target import load_target, resolve_target_path
+from dream.tree import TreeConfig
 
+DEV_PROMPTS = ASSETS_PROMPTS / "dev.jsonl"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,18 +57,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft", action="append", default=[], metavar="NAME=DIR",
                         help="a draft checkpoint; NAME is eagle2, dream or dream-<ablation> (default: its "
                              "architecture). Repeatable. Default: the shipped drafts of a zoo target")
+    parser.add_argument("--methods", metavar="NAME,NAME,...",
+                        help="run only these (default: ar, hf, pld and every draft); needs ar or hf")
     parser.add_argument("--prompts", type=Path, default=HELDOUT_PROMPTS,
                         help="JSON Lines {image, prompt, category}; default: the shipped held-out prompts")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     add_max_new_tokens_argument(parser)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="passes over the prompts (default 1); the JSON gives 95%% intervals over them")
     add_dtype_argument(parser)
     add_device_argument(parser)
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
     parser.add_argument("--plot", type=Path, metavar="OUT.png", help="write a plot of speedup and tau")
     parser.add_argument("--keep-ratios", metavar="R,R,...",
                         help="also run the dream draft at these visual keep ratios (as dream-keep<100R>)")
+    parser.add_argument("--tree", choices=["fixed", "auto"], default="fixed",
+                        help="fixed: the shape of --tree-top-k/--depth/--total-tokens for every method (default); "
+                             "auto: each method's shape chosen on --dev-prompts, on this machine")
+    parser.add_argument("--dev-prompts", type=Path,
+                        help=f"prompts --tree auto calibrates on, disjoint from --prompts (default: {DEV_PROMPTS.name} "
+                             "of the shipped prompts)")
     add_tree_arguments(parser)
-    parser.add_argument("--seed", type=int, default=0, help="prompt i samples with seed + i (T > 0)")
+    # None marks "not given", so --tree auto can refuse a shape it would otherwise silently override.
+    parser.set_defaults(tree_top_k=None, depth=None, total_tokens=None)
+    parser.add_argument("--seed", type=int, default=0, help="prompt i of repeat r samples with seed + r * n + i")
     parser.add_argument("--limit", type=int, help="only the first N prompts")
     parser.add_argument("--warmup", type=int, default=1, help="prompts run untimed first (default 1)")
     add_threads_argument(parser)
@@ -59,18 +88,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = BenchSettings(max_new_tokens=args.max_new_tokens, sampling=SamplingConfig(args.temperature),
-                             tree=tree_from_args(args), seed=args.seed, warmup=args.warmup)
+                             tree=_tree(args), seed=args.seed, warmup=args.warmup, repeats=args.repeats)
     set_threads(args.threads)
+    check_outputs(args.json, args.plot)
     keep_ratios = parse_keep_ratios(args.keep_ratios)
     drafts = [parse_draft_arg(text) for text in args.draft]
-    plan_method_names(drafts, keep_ratios)
-    prompts = read_prompts(args.prompts, limit=args.limit)
     if not drafts and is_zoo_name(args.target):
         drafts = shipped_drafts()
+    selected = parse_methods(args.methods)
+    plan_method_names(drafts, keep_ratios, selected)
+    prompts = read_prompts(args.prompts, limit=args.limit)
+    dev_file = args.dev_prompts or DEV_PROMPTS
+    if args.tree == "auto":
+        dev = read_prompts(dev_file)
+        check_disjoint(dev, prompts, dev_file)
+    elif args.dev_prompts is not None:
+        raise ValueError("--dev-prompts is read only with --tree auto")
     dtype = torch_dtype(args.dtype)
     target_path = resolve_target_path(args.target)
     target = load_target(target_path, dtype, args.device)
-    methods = load_methods(target, drafts, keep_ratios, dtype)
-    config = bench_config(args.target, target_path, target, methods, settings, args.dtype, args.prompts, prompts)
+    methods = load_methods(target, drafts, keep_ratios, dtype, selected)
+    tune_record = None
+    if args.tree == "auto":
+        methods, tune_record = tune_methods(target, methods, dev, dev_file, settings)
+    config = bench_config(args.target, target_path, target, methods, settings, args.dtype, args.prompts, prompts,
+                          getattr(args, "argv", None))
+    config["tree"] = "auto" if args.tree == "auto" else config["tree"]
+    config["tune"] = tune_record
     execute(target, methods, prompts, settings, config, json_out=args.json, plot_out=args.plot)
     return 0
+
+
+def _tree(args: argparse.Namespace) -> TreeConfig:
+    given = {"--tree-top-k": args.tree_top_k, "--depth": args.depth, "--total-tokens": args.total_tokens}
+    if args.tree == "auto" and any(v is not None for v in given.values()):
+        flags = ", ".join(flag for flag, value in given.items() if value is not None)
+        raise ValueError(f"--tree auto chooses the shape itself: drop {flags}")
+    pick = lambda value, default: default if value is None else value     # noqa: E731
+    return TreeConfig(top_k=pick(args.tree_top_k, CPU_TREE.top_k), depth=pick(args.depth, CPU_TREE.depth),
+                      total_tokens=pick(args.total_tokens, CPU_TREE.total_tokens))
+
+
+def check_outputs(json_out: Path | None, plot_out: Path | None) -> None:
+    """ValueError unless each output path names a file that can be written (parent folders are made)."""
+    if json_out is not None and plot_out is not None and json_out.resolve() == plot_out.resolve():
+        raise ValueError(f"--json and --plot name the same file {json_out}")
+    if plot_out is not None and plot_out.suffix.lower() not in supported_suffixes():
+        raise ValueError(f"--plot {plot_out}: the name must end in one of {', '.join(sorted(supported_suffixes()))}")
+    for flag, path in (("--json", json_out), ("--plot", plot_out)):
+        if path is not None:
+            _check_writable(flag, path)
+
+
+def _check_writable(flag: str, path: Path) -> None:
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a directory: give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A probe file in the folder: permission bits alone do not tell (root, read-only mounts).
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".dream-write-check-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{flag} {path} cannot be written ({err.strerror or err})") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{flag} {path} exists and is not writable")

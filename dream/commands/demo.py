@@ -1,5 +1,5 @@
 """`dream demo`: the main job. Build (or find cached) the offline SmolVLM-style target, load the shipped
-drafts that exist, run ar / pld / eagle2 / dream side by side on the 4 demo prompts in bf16, print the
+drafts that exist, run ar / hf / pld / eagle2 / dream side by side on the 4 demo prompts in bf16, print the
 table and one generated answer, and write a plot (demo.png in the working directory by default).
 
 The tree is the command line's default (`dream.methods.CPU_TREE`: top_k 3, depth 5, 12 nodes), narrow on
@@ -47,23 +47,29 @@ def run(args: argparse.Namespace) -> int:
     methods = load_methods(target, shipped_drafts(), [], torch_dtype("bf16"))
     print(f"dream demo: {len(prompts)} prompts x {', '.join(m.name for m in methods)} "
           f"(bf16, greedy, up to {args.max_new_tokens} new tokens)", file=sys.stderr)
-    config = bench_config(TARGET, path, target, methods, settings, "bf16", DEMO_PROMPTS, prompts)
-    result, _, texts = execute(target, methods, prompts, settings, config, json_out=args.json, plot_out=args.plot)
-    index, method = showcase(result)
+    config = bench_config(TARGET, path, target, methods, settings, "bf16", DEMO_PROMPTS, prompts,
+                          getattr(args, "argv", None))
+    result, summary, texts = execute(target, methods, prompts, settings, config, json_out=args.json,
+                                     plot_out=args.plot)
+    reference = summary.reference
+    index, method = showcase(result, reference)
     record = result.prompts[index]
     print(f"\nprompt ({record.image_path.name}): {record.prompt}")
-    same = result.runs[method][index].token_ids == result.runs["ar"][index].token_ids
-    print(f"answer ({method}{'' if same else ', differs from ar by bf16 rounding'}): {texts[method][index].strip()}")
+    same = result.first(method)[index].token_ids == result.first(reference)[index].token_ids
+    print(f"answer ({method}{'' if same else f', differs from {reference} by bf16 rounding'}): "
+          f"{texts[method][index].strip()}")
     if not same:
-        print(f"answer (ar): {texts['ar'][index].strip()}")
+        print(f"answer ({reference}): {texts[reference][index].strip()}")
     return 0
 
 
-def showcase(result: BenchResult) -> tuple[int, str]:
+def showcase(result: BenchResult, reference: str) -> tuple[int, str]:
     """(prompt index, method) of the answer to show: from the first of SHOWCASE_METHODS that ran, on the first
-    prompt of a long-answer category (else the first prompt), preferring one where the method's output is
-    ar's (in bf16 a near tie can make the two part; the answer below the table should show the usual case)."""
+    prompt of a long-answer category (else the first prompt), preferring one where the method's output is the
+    reference's (in bf16 a near tie can make the two part; the answer below the table should show the usual
+    case)."""
     method = next(name for name in SHOWCASE_METHODS if name in result.runs)
     long = [i for i, record in enumerate(result.prompts) if record.category in SHOWCASE_CATEGORIES] or [0]
-    same = [i for i in long if result.runs[method][i].token_ids == result.runs["ar"][i].token_ids]
+    outputs, expected = result.first(method), result.first(reference)
+    same = [i for i in long if outputs[i].token_ids == expected[i].token_ids]
     return (same or long)[0], method
