@@ -9,13 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from fixtures import tiny_image
 
 import dream.commands.generate as generate_command
 from dream.cli import main
-from dream.draft import DraftConfig, build_draft, save_draft
+from dream.bench.prompts import user_messages
+from dream.draft import save_draft
+from dream.engine import generate
 from dream.target import TargetAdapter
+from drafts import overfit_draft
 
+PROMPT = "Describe this image."
 FAST = ["--dtype", "fp32", "--max-new-tokens", "10", "--tree-top-k", "2", "--depth", "3", "--total-tokens", "6"]
 
 
@@ -25,18 +30,21 @@ def setup(tiny_target_path, tmp_path_factory) -> dict[str, Path]:
     target_dir = tiny_target_path("idefics3")
     target = TargetAdapter.from_pretrained(target_dir)
     paths = {"target": target_dir}
-    for arch in ("dream", "eagle2"):
-        torch.manual_seed(0)
-        paths[arch] = save_draft(root / arch, build_draft(DraftConfig.from_target(target, arch)),
-                                 target.fingerprint(), dtype=torch.float32)
-    tiny_image(0, (40, 24)).save(root / "img.png")
+    image = tiny_image(0, (40, 24))
+    image.save(root / "img.png")
     paths["image"] = root / "img.png"
+    # Drafts trained on the target's own answer to the prompt the tests send: they get accepted.
+    inputs = target.build_inputs(user_messages(PROMPT, with_image=True), [image])
+    answer = generate(target, inputs, max_new_tokens=10).token_ids
+    for arch in ("dream", "eagle2"):
+        paths[arch] = save_draft(root / arch, overfit_draft(target, inputs, answer, arch), target.fingerprint(),
+                                 dtype=torch.float32)
     return paths
 
 
 def generate_json(setup, capsys, *extra: str) -> dict:
     rc = main(["generate", "--target", str(setup["target"]), "--image", str(setup["image"]),
-               "--prompt", "Describe this image.", "--json", *FAST, *extra])
+               "--prompt", PROMPT, "--json", *FAST, *extra])
     out = capsys.readouterr().out
     assert rc == 0
     return json.loads(out)
@@ -56,6 +64,8 @@ def test_generate_json_fields_and_lossless(setup, capsys):
         spec = generate_json(setup, capsys, *extra)
         assert spec["token_ids"] == ar["token_ids"] and spec["text"] == ar["text"], extra
         assert spec["num_tokens"] == len(spec["token_ids"])
+        if "pld" not in extra:
+            assert spec["tau"] > 1.5, (extra, spec["tau"])                   # drafts were accepted
     assert generate_json(setup, capsys, "--draft", str(setup["dream"]))["method"] == "dream"
 
 
@@ -88,6 +98,11 @@ def test_generate_missing_or_non_image_file(setup, tmp_path, capsys):
     (tmp_path / "text.jpg").write_text("hello")
     assert f"{tmp_path / 'text.jpg'} is not a readable image" in run_error(setup, tmp_path, capsys,
                                                                             tmp_path / "text.jpg")
+    # 15000 x 15000: PIL itself would refuse it with a DecompressionBombError traceback.
+    Image.new("1", (15_000, 15_000)).save(tmp_path / "huge.png")
+    assert "is too large to decode safely" in run_error(setup, tmp_path, capsys, tmp_path / "huge.png")
+    Image.new("1", (10_000, 10_000)).save(tmp_path / "large.png")
+    assert "over the 89,478,485-pixel limit" in run_error(setup, tmp_path, capsys, tmp_path / "large.png")
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from drafts import overfit_draft
 from fixtures import open_draft, tiny_image
 from torch import Tensor
 
@@ -15,11 +16,8 @@ from dream.draft.compression import select_kept_positions
 from dream.draft.head import apply_head
 from dream.draft import DraftConfig, DraftProposer, SharedHead, build_draft, frequent_vocab_map, target_head
 from dream.engine import generate
-from dream.training.data import PER_TOKEN_KWARGS
-from dream.training.losses import LossWeights, teacher_forced_loss
 from dream.proposer import AcceptedStep, PromptState
 from dream.sampling import SamplingConfig
-from dream.target import TargetInputs
 from dream.tree import TreeConfig, build_tree
 
 TREE = TreeConfig(top_k=3, depth=3, total_tokens=8)
@@ -38,39 +36,6 @@ def make_draft(target, architecture: str = "dream", seed: int = 0, **over):
     """A random draft whose every input visibly matters (larger weights, cross-attention gates open)."""
     torch.manual_seed(seed)
     return open_draft(build_draft(DraftConfig.from_target(target, architecture, **over)))
-
-
-def overfit_draft(target, inputs: TargetInputs, continuation: list[int], architecture: str,
-                  vocab_map: Tensor | None = None, steps: int = 150):
-    """A draft trained on the target's own greedy continuation of `inputs`, through forward_train on the
-    visual tokens compression keeps (as dream train does): it drafts that continuation, so its trees get
-    accepted and a lossless test then exercises acceptance, commits and the accepted-feature updates."""
-    torch.manual_seed(0)
-    extra = len(continuation)
-    ids = torch.cat([inputs.input_ids, torch.tensor([continuation])], dim=1)
-    kwargs = {k: torch.cat([v, v.new_zeros(1, extra)], dim=1) if k in PER_TOKEN_KWARGS else v
-              for k, v in inputs.model_kwargs.items()}
-    visual = torch.cat([inputs.visual_mask, torch.zeros(1, extra, dtype=torch.bool)], dim=1)
-    out = target.prefill(TargetInputs(ids, visual, kwargs), target.new_cache(), visual_scores=True)
-    over = {} if vocab_map is None else {"draft_vocab_size": vocab_map.shape[0]}
-    draft = build_draft(DraftConfig.from_target(target, architecture, **over))
-    if vocab_map is not None:
-        draft.set_vocab_map(vocab_map)
-    draft.bind_head(target_head(target))
-    kept = torch.arange(ids.shape[1])
-    if bool(visual.any()):
-        kept = select_kept_positions(visual[0], out.stats.visual_scores, draft.config.keep_ratio)
-    loss_mask = torch.zeros(1, ids.shape[1], dtype=torch.bool)
-    loss_mask[0, inputs.input_ids.shape[1] - 1 : -1] = True        # positions whose next token is generated
-    optimizer = torch.optim.AdamW(draft.parameters(), lr=3e-3)
-    for _ in range(steps):
-        terms = teacher_forced_loss(draft, input_embeds=out.input_embeds[:, kept], target_features=out.features[:, kept],
-                                    target_mid=None, positions=kept[None], attention_mask=None,
-                                    loss_mask=loss_mask[:, kept], weights=LossWeights(feature=0.2, mid=0.0, kl=1.0))
-        optimizer.zero_grad()
-        terms.total.backward()
-        optimizer.step()
-    return draft
 
 
 def prompt_state(target, inputs) -> PromptState:

@@ -16,7 +16,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from dream.images import read_image as load_image
 
 ASSETS_PROMPTS = Path(__file__).resolve().parents[1] / "assets" / "prompts"
 HELDOUT_PROMPTS = ASSETS_PROMPTS / "heldout.jsonl"
@@ -35,19 +37,6 @@ class PromptRecord:
     category: str | None
     answer: str | None
 
-
-def load_image(path: str | Path) -> Image.Image:
-    """An image file as RGB; FileNotFoundError / ValueError with a one-line message naming the file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"image file {path} does not exist")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        # UnidentifiedImageError is what PIL raises for a non-image; OSError covers directories and truncation.
-        reason = "not an image PIL can read" if isinstance(err, UnidentifiedImageError) else str(err).splitlines()[0]
-        raise ValueError(f"{path} is not a readable image file ({reason})") from None
 
 
 def user_messages(prompt: str, with_image: bool) -> list[dict]:

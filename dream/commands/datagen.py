@@ -40,4 +40,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{manifest['num_samples']} samples ({manifest['num_tokens']} tokens) in {len(manifest['shards'])} "
               f"shard(s) at {cfg.out}; skipped {manifest['num_skipped']} of {manifest['num_entries']} entries"
               + (" (reasons in manifest.json)" if manifest["num_skipped"] else ""))
+        if manifest["eos_appended"]:
+            print(f"{manifest['eos_appended']} answer(s) had no end-of-turn token in the chat template: the "
+                  f"tokenizer's EOS was appended to them")
     return 0

@@ -23,11 +23,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from dream.images import read_image
 from dream.target import TargetAdapter, TargetInputs
 
 IMAGE_TAG = "<image>"
 ROLES = ("human", "gpt")
 PER_TOKEN_KWARGS = ("token_type_ids", "mm_token_type_ids")  # model kwargs with one entry per token [1, S]
+NO_END_OF_TURN = -1                # a span's marker when the template renders no EOS id after the answer
 Answer = str | Sequence[int]   # a text answer, or the token ids the target generated (without its EOS)
 
 
@@ -96,12 +98,11 @@ def load_images(conversation: Conversation, folder: str | Path) -> list[Image.Im
     for name in conversation.images:
         file = Path(folder) / name
         try:
-            with Image.open(file) as image:
-                images.append(image.convert("RGB"))
+            images.append(read_image(file))
         except FileNotFoundError:
             return f"image not found: {file}"
-        except OSError as err:       # PIL's UnidentifiedImageError and truncated files are OSErrors
-            return f"image unreadable: {file}: {err}"
+        except ValueError as err:
+            return f"image unreadable: {err}"
     return images
 
 
@@ -132,6 +133,8 @@ class ConversationInputs:
     inputs: TargetInputs      # [1, S]: the conversation through the last answer's end-of-turn token; for a
                               #   prompt (fewer answers than turns), through the next generation prompt
     loss_mask: Tensor         # [S] bool: position i predicts token i + 1, a response token
+    eos_appended: int = 0     # answers the chat template left without an end-of-turn token: each got the
+                              #   tokenizer's EOS appended, which is where the target's generation stops
 
 
 def conversation_inputs(target: Any, conversation: Conversation, answers: Sequence[Answer],
@@ -142,11 +145,12 @@ def conversation_inputs(target: Any, conversation: Conversation, answers: Sequen
     Token answers are spliced in token space where the chat template puts the answer (rendered empty), so
     the sequence holds exactly the tokens the target generated; a decode / re-encode round trip would change
     byte-level tokens that are not valid UTF-8 on their own, and special tokens. A response is the answer
-    plus the template's end-of-turn token (the first EOS id after the answer).
+    plus the template's end-of-turn token (the first EOS id after the answer); a template that renders no
+    EOS id after an answer gets the tokenizer's EOS appended to it (counted in `eos_appended`).
 
     ValueError (the caller skips the sample) when the chat template does not render a turn's prompt as a
-    prefix of the conversation, a turn has no end-of-turn token, an answer holds the image token, or the
-    sequence exceeds the context.
+    prefix of the conversation, a turn has no end-of-turn token and the tokenizer no EOS, an answer holds the
+    image token, or the sequence exceeds the context.
     """
     complete = len(answers) == len(conversation.turns)
     turns = len(answers) if complete else len(answers) + 1
@@ -156,15 +160,22 @@ def conversation_inputs(target: Any, conversation: Conversation, answers: Sequen
     source: list[int] = []        # render position of each output token; -1 where an answer token is spliced in
     spliced: list[int] = []       # the token at each spliced position (0 elsewhere)
     response: list[bool] = []
-    cursor = 0
+    cursor = appended = 0
     for answer, (start, marker) in zip(answers, spans):
+        if marker != NO_END_OF_TURN:
+            end_source, end_token, next_cursor = marker, 0, marker + 1            # the template's own EOS
+        elif isinstance(answer, str):
+            raise ValueError("the chat template renders no end-of-turn token after a text answer")
+        else:
+            end_source, end_token, next_cursor = -1, _tokenizer_eos(target), start
+            appended += 1
         tokens = ids[start:marker] if isinstance(answer, str) else [int(t) for t in answer]
         if target.image_token_id in tokens:
             raise ValueError("an answer holds the image token")
-        source += [*range(cursor, start), *[-1] * len(tokens), marker]
-        spliced += [0] * (start - cursor) + tokens + [0]
+        source += [*range(cursor, start), *[-1] * len(tokens), end_source]
+        spliced += [0] * (start - cursor) + tokens + [end_token]
         response += [False] * (start - cursor) + [True] * (len(tokens) + 1)
-        cursor = marker + 1
+        cursor = next_cursor
     end = cursor if complete else len(ids)
     source += range(cursor, end)
     spliced += [0] * (end - cursor)
@@ -180,7 +191,14 @@ def conversation_inputs(target: Any, conversation: Conversation, answers: Sequen
     inputs = TargetInputs(input_ids[None], (render.visual_mask[0][index] & copied)[None], kwargs)
     loss_mask = torch.zeros(len(source), dtype=torch.bool)
     loss_mask[:-1] = torch.tensor(response[1:], dtype=torch.bool)
-    return ConversationInputs(inputs, loss_mask)
+    return ConversationInputs(inputs, loss_mask, appended)
+
+
+def _tokenizer_eos(target: Any) -> int:
+    eos = target.tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the chat template renders no end-of-turn token after an answer and the tokenizer has no EOS")
+    return int(eos)
 
 
 def prompt_inputs(target: Any, conversation: Conversation, answers: Sequence[Answer],
@@ -208,7 +226,6 @@ def _render(target: Any, conversation: Conversation, texts: Sequence[str], turns
         if (spans and start <= spans[-1][1]) or not torch.equal(ids[:start], prefix):
             raise ValueError(f"the chat template does not render turn {t}'s prompt as a prefix of the conversation")
         stops = torch.isin(ids[start:], eos).nonzero().flatten()
-        if stops.numel() == 0:
-            raise ValueError(f"turn {t} has no end-of-turn token")
-        spans.append((start, start + int(stops[0])))
+        # -1: the template ends the answer with no EOS id; conversation_inputs appends the tokenizer's.
+        spans.append((start, start + int(stops[0]) if stops.numel() else NO_END_OF_TURN))
     return render, spans

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -109,6 +110,8 @@ def parse_layer_window(text: str) -> LayerWindow:
 def run_datagen(cfg: DatagenConfig) -> dict[str, Any] | None:
     """Make (or finish) the shard directory; returns the manifest on rank 0, None on other ranks."""
     conversations = load_llava_json(cfg.data)[: cfg.max_samples]
+    out = Path(cfg.out)
+    check_output_dir(out, "--out")
     # Ranks that finish early wait for the slowest one at the final barrier.
     ctx = init_distributed(cfg.device, timeout=timedelta(days=7))
     try:
@@ -118,7 +121,7 @@ def run_datagen(cfg: DatagenConfig) -> dict[str, Any] | None:
             raise ValueError(f"{cfg.target} is a text-only target but the data has images")
         data_sha = hashlib.sha256(Path(cfg.data).read_bytes()).hexdigest()
         key = _settings_key(cfg.settings(), data_sha, target.fingerprint())
-        out = Path(cfg.out)
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         _check_existing(out, key)
         shards = [conversations[i: i + cfg.shard_size] for i in range(0, len(conversations), cfg.shard_size)]
@@ -130,9 +133,26 @@ def run_datagen(cfg: DatagenConfig) -> dict[str, Any] | None:
         ctx.barrier()
         if not ctx.is_main:
             return None
-        return _write_manifest(out, len(shards), cfg, data_sha, key, target.fingerprint())
+        manifest = _write_manifest(out, len(shards), cfg, data_sha, key, target.fingerprint())
+        if manifest["num_samples"] == 0:
+            first = manifest["skipped"][0]["reason"] if manifest["skipped"] else "the data file is empty"
+            if created:
+                shutil.rmtree(out)                   # nothing usable was made: leave no empty dataset behind
+            raise ValueError(f"no usable sample in {cfg.data}: all {manifest['num_entries']} entries were skipped "
+                             f"(first: {first})")
+        return manifest
+    except BaseException:
+        if ctx.is_main and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()                              # a run that failed before its first shard leaves no folder
+        raise
     finally:
         ctx.shutdown()
+
+
+def check_output_dir(path: Path, flag: str) -> None:
+    """ValueError before any work when an output directory's path is taken by a file."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file, not a directory")
 
 
 def shard_name(k: int) -> str:
@@ -158,7 +178,7 @@ def _make_shard(target: TargetAdapter, conversations: list[Conversation], path: 
     writer = ShardWriter(path)
     skipped: list[dict[str, Any]] = []
     written: list[str] = []
-    unfinished = 0
+    unfinished = eos_appended = 0
     try:
         for i in range(0, len(conversations), cfg.batch_size):
             batch = conversations[i: i + cfg.batch_size]
@@ -179,15 +199,19 @@ def _make_shard(target: TargetAdapter, conversations: list[Conversation], path: 
                     continue
                 try:
                     sample = conversation_inputs(target, conversation, answers[conversation.index], images)
-                except ValueError as err:
-                    skipped.append(_skip(conversation, str(err)))
+                    tensors = _extract(target, sample.inputs, sample.loss_mask, cfg)
+                except Exception as err:   # one broken entry of a crawled dataset must not end the run
+                    skipped.append(_skip(conversation, str(err) if isinstance(err, ValueError)
+                                         else f"{type(err).__name__}: {err}"))
                     continue
-                writer.add(_extract(target, sample.inputs, sample.loss_mask, cfg))
+                writer.add(tensors)
                 written.append(conversation.id)
+                eos_appended += sample.eos_appended
             progress.update(len(batch))
         metadata = {"format": MANIFEST_FORMAT, "settings_key": key, "ids": json.dumps(written),
                     "first_entry": str(conversations[0].index), "num_entries": str(len(conversations)),
-                    "skipped": json.dumps(skipped), "unfinished_answers": str(unfinished)}
+                    "skipped": json.dumps(skipped), "unfinished_answers": str(unfinished),
+                    "eos_appended": str(eos_appended)}
         writer.finish(metadata, _empty_specs(target, cfg))
     except BaseException:
         writer.abort()
@@ -323,7 +347,7 @@ def _empty_specs(target: TargetAdapter, cfg: DatagenConfig) -> dict[str, tuple[t
 # ---- manifest ------------------------------------------------------------------------------------------------
 def _write_manifest(out: Path, num_shards: int, cfg: DatagenConfig, data_sha: str, key: str,
                     fingerprint: dict) -> dict[str, Any]:
-    shards, skipped, unfinished = [], [], 0
+    shards, skipped, unfinished, eos_appended = [], [], 0, 0
     for k in range(num_shards):
         with safe_open(str(out / shard_name(k)), framework="pt") as handle:
             meta = handle.metadata()
@@ -334,6 +358,7 @@ def _write_manifest(out: Path, num_shards: int, cfg: DatagenConfig, data_sha: st
                        "num_tokens": int(tokens[-1]), "num_visual": int(visual[-1]), "num_response_tokens": response})
         skipped.extend(json.loads(meta["skipped"]))
         unfinished += int(meta["unfinished_answers"])
+        eos_appended += int(meta.get("eos_appended", 0))
     manifest = {
         "format": MANIFEST_FORMAT, "format_version": FORMAT_VERSION, "target": fingerprint,
         "target_path": cfg.target, "data": cfg.data, "data_sha256": data_sha, "image_folder": cfg.image_folder,
@@ -342,7 +367,7 @@ def _write_manifest(out: Path, num_shards: int, cfg: DatagenConfig, data_sha: st
         "num_tokens": sum(s["num_tokens"] for s in shards),
         "num_response_tokens": sum(s["num_response_tokens"] for s in shards),
         "num_skipped": len(skipped), "skipped": skipped, "unfinished_answers": unfinished,
-        "shards": shards, "tensors": {name: {"axis": axis, "trailing": trailing}
+        "eos_appended": eos_appended, "shards": shards, "tensors": {name: {"axis": axis, "trailing": trailing}
                                       for name, (axis, trailing) in SHARD_TENSORS.items()},
     }
     tmp = out / f".{MANIFEST}.tmp"

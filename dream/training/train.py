@@ -36,6 +36,7 @@ from dream.settings import DEFAULT_DTYPE, DTYPES
 from dream.training.entropy import LayerWindow
 from dream.training.losses import LossWeights
 from dream.training.shards import ShardDataset, check_target
+from dream.training.datagen import check_output_dir
 from dream.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from dream.training.loop import (
     BatchSchedule,
@@ -108,6 +109,7 @@ def train(cfg: TrainConfig, target_path: str, data_dir: str, out_dir: str, *, re
           device: str = "auto", on_step: Callable[[int], None] | None = None) -> TrainResult | None:
     """Train; returns the result on rank 0 (None elsewhere). resume: a checkpoint directory, or "latest".
     on_step(step) runs after each finished step (and its checkpoint)."""
+    check_output_dir(Path(out_dir), "--out")
     ctx = init_distributed(device)
     try:
         return _Run(cfg, target_path, Path(data_dir), Path(out_dir), ctx).train(resume, on_step)
