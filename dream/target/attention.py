@@ -69,7 +69,7 @@ def recording(recorder: StatsRecorder) -> Iterator[StatsRecorder]:
         _RECORDER.reset(token)
 
 
-def _attention_weights(
+def eager_weights(
     query: Tensor, key: Tensor, attention_mask: Tensor | None, scaling: float | None, softcap: float | None,
     is_causal: bool,
 ) -> Tensor:
@@ -112,7 +112,7 @@ def dream_attention(
         # Statistics come from a separate eager pass, so the layer's output stays the stock sdpa one.
         is_causal = kwargs.get("is_causal")
         is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
-        weights = _attention_weights(query, key, attention_mask, scaling, kwargs.get("softcap"), is_causal)
+        weights = eager_weights(query, key, attention_mask, scaling, kwargs.get("softcap"), is_causal)
         recorder.record(layer_idx, weights)
     return output
 
