@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers.masking_utils import causal_mask_function
-
-from dream.target import adapter as adapter_module
-from dream.target import exact, masks
 from fixtures import (
     FAMILIES,
     GEMMA3_WINDOW,
@@ -19,6 +15,10 @@ from fixtures import (
     stock_model,
     tiny_image,
 )
+from transformers.masking_utils import causal_mask_function
+
+from dream.target import adapter as adapter_module
+from dream.target import exact, masks
 
 ATOL = 1e-5
 CHAIN = [-1, 0, 1, 2]

@@ -13,8 +13,8 @@ model at hand, the whole path: prefill logits and greedy tokens against generate
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +22,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .adapter import TargetAdapter
-from .attention import ATTENTION_NAME, eager_weights, dream_attention
+from .attention import ATTENTION_NAME, dream_attention, eager_weights
 from .exact import DepthGroup, exact_tree_attention
 from .inputs import TargetInputs
 

@@ -15,10 +15,10 @@ builder: None, except an all-True mask over a full sliding window (Gemma3's slid
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor
