@@ -1,14 +1,17 @@
-"""`dream zoo build NAME` and `dream zoo check NAME`: the offline targets from the command line."""
+"""`dream zoo build|check|train-vision NAME`: the offline targets from the command line."""
 
 from __future__ import annotations
 
 import argparse
-
-from dream.zoo.build import ZOO, build
-from dream.zoo.check import check
+import dataclasses
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dream.zoo.build import ZOO
+    from dream.zoo.model import assets_dir
+    from dream.zoo.train_vision import TrainConfig
+
     sub = parser.add_subparsers(dest="action", required=True)
     build_parser = sub.add_parser("build", help="build the target into the cache (reused when present)")
     build_parser.add_argument("name", choices=sorted(ZOO))
@@ -18,11 +21,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check_parser.add_argument("--questions", type=int, default=1000,
                               help="easy-vqa test questions (a fixed subset; 0 = all 9,673)")
     check_parser.add_argument("--batch-size", type=int, default=32)
+    train_parser = sub.add_parser("train-vision", help="train (or export) the smolvlm-135m vision side, "
+                                                       "see dream.zoo.train_vision")
+    train_parser.add_argument("--export", metavar="CKPT", help="export a checkpoint to the assets folder and exit")
+    train_parser.add_argument("--assets", default=str(assets_dir("smolvlm-135m")), help="export destination")
+    train_parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    train_parser.add_argument("--init-from", metavar="ASSETS", type=Path,
+                              help="start stage 2 from exported weights in this folder")
+    for field in dataclasses.fields(TrainConfig):
+        kind = _yes_or_no if isinstance(field.default, bool) else type(field.default)
+        train_parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=field.default)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "build":
+        from dream.zoo.build import build
+
         print(build(args.name, force=args.force))
-        return 0
-    check(args.name, n_questions=args.questions or None, batch_size=args.batch_size)
+    elif args.action == "check":
+        from dream.zoo.check import check
+
+        check(args.name, n_questions=args.questions or None, batch_size=args.batch_size)
+    elif args.export:
+        from dream.zoo.export import export
+
+        export(Path(args.export), Path(args.assets))
+    else:
+        from dream.zoo.train_vision import TrainConfig, run_training
+
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+        run_training(TrainConfig.from_dict(values), resume=args.resume, init_from=args.init_from)
     return 0
+
+
+def _yes_or_no(text: str) -> bool:
+    if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "yes", "1")

@@ -17,20 +17,18 @@ The held-out validation images are `val_images` train images (every k-th id), ne
 (`dream.zoo.objectives` says what "exact" means). `--init-from ASSETS` starts stage 2 afresh from
 shipped weights (tower, connector, LoRA, new-token rows) instead of from stage 1.
 
-  python -m dream.zoo.train_vision --out runs/vision                 # fresh run
-  python -m dream.zoo.train_vision --out runs/vision --resume        # continue
-  python -m dream.zoo.train_vision --out runs/ft --init-from dream/assets/smolvlm-135m --lm-steps 400
-  python -m dream.zoo.train_vision --export runs/vision/best.pt      # -> dream/assets/smolvlm-135m/
+  dream zoo train-vision --out runs/vision                 # fresh run
+  dream zoo train-vision --out runs/vision --resume        # continue
+  dream zoo train-vision --out runs/ft --init-from dream/assets/smolvlm-135m --lm-steps 400
+  dream zoo train-vision --export runs/vision/best.pt      # -> dream/assets/smolvlm-135m/
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +39,6 @@ from torch import nn
 
 from dream.zoo import data as D
 from dream.zoo import model as M
-from dream.zoo.export import export
 from dream.zoo.objectives import VisionHeads, distill_text, eval_lm, eval_text, eval_vision, log, vision_losses
 from dream.zoo.packing import Packer, pack, packed_loss
 from dream.zoo.spec import ZooSpec
@@ -356,42 +353,15 @@ class Trainer:
         log("done")
 
 
-def _yes_or_no(text: str) -> bool:
-    if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return text.lower() in ("true", "yes", "1")
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dream.zoo.train_vision", description=__doc__.split("\n")[0])
-    parser.add_argument("--export", metavar="CKPT", help="export a checkpoint to the assets folder and exit")
-    parser.add_argument("--assets", default=str(M.assets_dir("smolvlm-135m")), help="export destination")
-    parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
-    parser.add_argument("--init-from", metavar="ASSETS", help="start stage 2 from exported weights in this folder")
-    for field in dataclasses.fields(TrainConfig):
-        kind = _yes_or_no if isinstance(field.default, bool) else type(field.default)
-        parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=field.default)
-    args = parser.parse_args(argv)
-    if args.export:
-        export(Path(args.export), Path(args.assets))
-        return
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()            # the GGUF dequantisation bar would fill the log
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig.from_dict(values)
-    set_threads(cfg.threads)
+def run_training(cfg: TrainConfig, *, resume: bool = False, init_from: Path | None = None) -> None:
+    """Run (or, with resume, continue from <out>/last.pt) the two-stage training of `cfg`."""
     log("config " + json.dumps(dataclasses.asdict(cfg)))
     trainer = Trainer(cfg, ZooSpec())
-    if args.resume:
+    if resume:
         last = Path(cfg.out) / "last.pt"
         if not last.exists():
-            sys.exit(f"--resume: {last} does not exist")
+            raise FileNotFoundError(f"--resume: {last} does not exist")
         trainer.resume(last)
-    elif args.init_from:
-        trainer.init_from(Path(args.init_from))
+    elif init_from is not None:
+        trainer.init_from(init_from)
     trainer.run()
-
-
-if __name__ == "__main__":
-    main()
