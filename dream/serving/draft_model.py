@@ -1,0 +1,325 @@
+"""The DREAM and EAGLE-2-style drafts as a vLLM model, run by vLLM's own EAGLE proposer (method "eagle").
+
+How the harness's two streams map onto vLLM's EAGLE interface (vllm/v1/spec_decode/llm_base_proposer.py):
+vLLM feeds the draft one row per KV slot, shifted by one: the row in slot p carries the token of position
+p + 1 (`input_ids`, or `inputs_embeds` with the target's image embeddings at visual positions) and the
+feature of position p (`hidden_states`: the target's post-norm final features for verified tokens, and
+our own returned features for the draft's speculative steps). The harness's draft at position i reads
+memory strictly before i, i.e. features 0..i-1; for the row in slot p that is features 0..p, exactly the
+rows in slots <= p. So the cross-attention is an ordinary causal vLLM `Attention` layer whose keys and
+values are computed from `hidden_states`: each row writes its feature's K/V into its own slot, and reads
+every slot up to its own. No rotary there (as in the harness); per-head q/k RMSNorm and tanh gates kept.
+
+Self-attention blocks are vLLM's LlamaDecoderLayer (paged KV cache, rotary). Rotary positions are vLLM's
+(slot p, one less than the harness's position p + 1 for the same token); attention depends only on
+position differences, so this changes nothing but rounding.
+
+One difference remains: the first prompt token (position 0) never gets a row, so the draft's
+self-attention does not see it; the harness's draft does (as an attention sink). docs/vllm.md measures
+what that costs in acceptance. Visual-token compression is not applied here (every visual token is kept):
+vLLM's target does not expose the last-layer attention the selection needs.
+
+The target's embedding and LM head are shared by vLLM's proposer (`has_own_embed_tokens/lm_head = False`);
+the reduced draft vocabulary is those rows of the target head, scattered back to target ids for sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from transformers import LlamaConfig
+from vllm.config import VllmConfig
+from vllm.distributed import get_tensor_model_parallel_world_size
+from vllm.model_executor.layers.attention import Attention
+from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm.model_executor.layers.linear import (
+    ColumnParallelLinear,
+    MergedColumnParallelLinear,
+    ReplicatedLinear,
+    RowParallelLinear,
+)
+from vllm.model_executor.layers.logits_processor import LogitsProcessor
+from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+from vllm.model_executor.models.interfaces import SupportsMultiModalEmbeddings
+from vllm.model_executor.models.llama import LlamaDecoderLayer, LlamaMLP
+from vllm.model_executor.models.utils import _merge_multimodal_embeddings, get_draft_quant_config, maybe_prefix
+
+from dream.draft.config import DraftConfig
+from dream.serving.export import ExportedConfig, read_exported_config
+
+# Checkpoint tensor name fragment -> (vLLM parameter fragment, shard id) for vLLM's fused projections.
+_STACKED = {
+    ".self_attn.q_proj.": (".self_attn.qkv_proj.", "q"),
+    ".self_attn.k_proj.": (".self_attn.qkv_proj.", "k"),
+    ".self_attn.v_proj.": (".self_attn.qkv_proj.", "v"),
+    ".mlp.gate_proj.": (".mlp.gate_up_proj.", 0),
+    ".mlp.up_proj.": (".mlp.gate_up_proj.", 1),
+    ".cross_attn.k_proj.": (".cross_attn.kv_proj.", 0),
+    ".cross_attn.v_proj.": (".cross_attn.kv_proj.", 1),
+}
+
+
+def layer_config(cfg: DraftConfig) -> LlamaConfig:
+    """The LlamaConfig vLLM's decoder layers are built from (sizes and rotary base of the draft)."""
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=len(cfg.blocks),
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        head_dim=cfg.head_dim,
+        hidden_act=cfg.hidden_act,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=cfg.rms_norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+    )
+
+
+class _DraftDecoderLayer(LlamaDecoderLayer):
+    """vLLM's Llama block with the draft's own quantization config; returns the block output (h + residual)."""
+
+    def get_quant_config(self, vllm_config: VllmConfig):
+        return get_draft_quant_config(vllm_config)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        out, residual = super().forward(positions, hidden, None)
+        return out + residual
+
+
+class CrossAttention(nn.Module):
+    """Queries from the draft's hidden rows, keys/values from the memory rows; no rotary (dream.draft.blocks).
+
+    The keys/values of each row go into this layer's own paged KV cache at the row's slot; the causal
+    attention over slots is the harness's "memory strictly before the position" rule (module docstring).
+    """
+
+    def __init__(self, cfg: DraftConfig, vllm_config: VllmConfig, prefix: str) -> None:
+        super().__init__()
+        tp = get_tensor_model_parallel_world_size()
+        if cfg.num_attention_heads % tp or cfg.num_key_value_heads % tp:
+            raise ValueError(
+                f"the draft's cross-attention needs heads ({cfg.num_attention_heads}) and KV heads "
+                f"({cfg.num_key_value_heads}) divisible by the tensor-parallel size {tp}"
+            )
+        quant = get_draft_quant_config(vllm_config)
+        self.head_dim = cfg.head_dim
+        kv_width = cfg.num_key_value_heads * cfg.head_dim
+        self.q_proj = ColumnParallelLinear(cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, bias=False,
+                                           quant_config=quant, prefix=f"{prefix}.q_proj")
+        self.kv_proj = MergedColumnParallelLinear(cfg.hidden_size, [kv_width, kv_width], bias=False,
+                                                  quant_config=quant, prefix=f"{prefix}.kv_proj")
+        self.o_proj = RowParallelLinear(cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size, bias=False,
+                                        quant_config=quant, prefix=f"{prefix}.o_proj")
+        self.q_norm = RMSNorm(cfg.head_dim, eps=cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(cfg.head_dim, eps=cfg.rms_norm_eps)
+        self.attn = Attention(cfg.num_attention_heads // tp, cfg.head_dim, cfg.head_dim**-0.5,
+                              num_kv_heads=cfg.num_key_value_heads // tp, cache_config=vllm_config.cache_config,
+                              quant_config=quant, prefix=f"{prefix}.attn")
+
+    def _per_head_norm(self, x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
+        """[T, heads * D] -> RMSNorm over each head's D values -> [T, heads * D]."""
+        t = x.shape[0]
+        return norm(x.view(t, -1, self.head_dim)).view(t, -1)
+
+    def forward(self, hidden: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """hidden (already normed), memory [T, H] -> [T, H]."""
+        query, _ = self.q_proj(hidden)
+        kv, _ = self.kv_proj(memory)
+        keys, values = kv.chunk(2, dim=-1)
+        out = self.attn(self._per_head_norm(query, self.q_norm), self._per_head_norm(keys, self.k_norm), values)
+        out, _ = self.o_proj(out)
+        return out
+
+
+class GatedCrossAttentionBlock(nn.Module):
+    """h + tanh(g_attn) * CrossAttn(norm(h), memory), then h + tanh(g_mlp) * MLP(norm(h)) (dream.draft.blocks).
+
+    Every row sees at least its own slot's memory, so the harness's "no memory: leave the row unchanged"
+    case (the first prompt token, which gets no row here) never arises.
+    """
+
+    def __init__(self, cfg: DraftConfig, vllm_config: VllmConfig, prefix: str) -> None:
+        super().__init__()
+        self.cross_attn = CrossAttention(cfg, vllm_config, f"{prefix}.cross_attn")
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.mlp = LlamaMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act,
+                            quant_config=get_draft_quant_config(vllm_config), prefix=f"{prefix}.mlp")
+        self.cross_attn_attn_gate = nn.Parameter(torch.zeros(1), requires_grad=False)
+        self.cross_attn_mlp_gate = nn.Parameter(torch.zeros(1), requires_grad=False)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """hidden, memory [T, H] (memory row t: the feature of slot t, see the module docstring) -> [T, H]."""
+        attn = self.cross_attn(self.input_layernorm(hidden), memory.to(hidden.dtype))
+        hidden = hidden + self.cross_attn_attn_gate.tanh() * attn
+        return hidden + self.cross_attn_mlp_gate.tanh() * self.mlp(self.post_attention_layernorm(hidden))
+
+
+class _SharedEmbedding(nn.Module):
+    """Stands in for the target's embedding until vLLM's proposer shares it (`load_model`)."""
+
+    weight: torch.Tensor | None = None
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("the target's embedding has not been shared with the draft yet")
+
+
+class DreamDraftModel(nn.Module):
+    """The draft's layers, named as in the dream checkpoint (blocks.i.*, block.*, fc.*, norm, vocab_map)."""
+
+    def __init__(self, cfg: DraftConfig, vllm_config: VllmConfig, prefix: str, first_layer: int) -> None:
+        super().__init__()
+        self.embed_tokens: nn.Module = _SharedEmbedding()
+        config = layer_config(cfg)
+        self.fc: ReplicatedLinear | None = None
+
+        def self_block(i: int) -> _DraftDecoderLayer:
+            # Attention layers are found by their prefix; each needs one number, distinct from the target's.
+            return _DraftDecoderLayer(vllm_config, prefix=maybe_prefix(prefix, f"layers.{first_layer + i}"),
+                                      config=config)
+
+        if cfg.architecture == "eagle2":
+            self.fc = ReplicatedLinear(2 * cfg.hidden_size, cfg.hidden_size, bias=True,
+                                       quant_config=get_draft_quant_config(vllm_config),
+                                       prefix=maybe_prefix(prefix, "fc"))
+            self.block = self_block(0)
+            self._blocks: list[nn.Module] = [self.block]
+        else:
+            self.blocks = nn.ModuleList(
+                GatedCrossAttentionBlock(cfg, vllm_config, maybe_prefix(prefix, f"layers.{first_layer + i}"))
+                if kind == "cross" else self_block(i)
+                for i, kind in enumerate(cfg.blocks)
+            )
+            self._blocks = list(self.blocks)
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        draft_vocab = cfg.draft_vocab_size or cfg.vocab_size
+        self.register_buffer("vocab_map", torch.arange(draft_vocab), persistent=True)
+
+    def forward(self, embeds: torch.Tensor, positions: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """embeds, memory [T, H]; positions [T] -> final features [T, H] (post-norm: what the head reads)."""
+        hidden = embeds
+        if self.fc is not None:
+            hidden, _ = self.fc(torch.cat([embeds, memory.to(embeds.dtype)], dim=-1))
+        for block in self._blocks:
+            hidden = block(positions, hidden, memory)
+        return self.norm(hidden)
+
+
+class EagleDreamDraft(nn.Module, SupportsMultiModalEmbeddings):
+    """vLLM draft model for a dream draft checkpoint exported by `dream export` (dream.serving.export)."""
+
+    has_own_embed_tokens = False     # vLLM's proposer shares the target's embedding ...
+    has_own_lm_head = False          # ... and LM head with us after loading
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        speculative_config = vllm_config.speculative_config
+        assert speculative_config is not None and speculative_config.draft_model_config is not None
+        self.config = speculative_config.draft_model_config.hf_config
+        exported = read_exported_config(self.config)
+        check_target(exported, vllm_config)
+        self.draft_config: DraftConfig = exported.draft
+        first_layer = vllm_config.model_config.get_total_num_hidden_layers()
+        self.model = DreamDraftModel(exported.draft, vllm_config, maybe_prefix(prefix, "model"), first_layer)
+        self.vocab_size = exported.draft.vocab_size
+        self.logits_processor = LogitsProcessor(self.vocab_size)
+        self._reduced_head: torch.Tensor | None = None   # [V_draft, H] rows of the shared head, made on first use
+
+    # ---- inputs ------------------------------------------------------------------------------------------
+    def embed_input_ids(
+        self,
+        input_ids: torch.Tensor,
+        multimodal_embeddings=None,
+        *,
+        is_multimodal: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with the target's image embeddings at visual positions (the harness's input stream)."""
+        embeds = self.model.embed_tokens(input_ids)
+        if multimodal_embeddings is None or len(multimodal_embeddings) == 0:
+            return embeds
+        assert is_multimodal is not None
+        return _merge_multimodal_embeddings(embeds, multimodal_embeddings, is_multimodal)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        hidden_states: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (features for the head, features fed back as the next step's memory): the same tensor."""
+        if inputs_embeds is None:
+            assert input_ids is not None
+            inputs_embeds = self.embed_input_ids(input_ids)
+        features = self.model(inputs_embeds, positions, hidden_states)
+        return features, features
+
+    # ---- head --------------------------------------------------------------------------------------------
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """features [T, H] -> [T, V_target] logits: the reduced vocabulary's, -inf at every other id."""
+        vocab_map = self.model.vocab_map
+        if get_tensor_model_parallel_world_size() > 1:
+            # The shared head is split by vocabulary across ranks: score all rows, keep ours.
+            full = self.logits_processor(self.lm_head, hidden_states)
+            reduced = full.index_select(-1, vocab_map)
+        else:
+            if self._reduced_head is None or self._reduced_head.dtype != hidden_states.dtype:
+                weight = self.lm_head.weight
+                self._reduced_head = weight.index_select(0, vocab_map.to(weight.device)).to(hidden_states.dtype)
+            reduced = torch.nn.functional.linear(hidden_states, self._reduced_head)
+        image_token = getattr(self.config, "image_token_index", None)
+        if image_token is not None:
+            # Never propose the image placeholder (as the harness's proposer).
+            reduced = reduced.masked_fill(vocab_map == image_token, float("-inf"))
+        logits = reduced.new_full((reduced.shape[0], self.vocab_size), float("-inf"))
+        logits[:, vocab_map] = reduced
+        return logits
+
+    # ---- weights -----------------------------------------------------------------------------------------
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Load the dream checkpoint's tensors (names as saved by dream.draft.checkpoint)."""
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if name == "vocab_map":
+                self.model.vocab_map.copy_(tensor.to(self.model.vocab_map.device))
+                continue
+            full = f"model.{name}"
+            for old, (new, shard) in _STACKED.items():
+                if old in full:
+                    full = full.replace(old, new)
+                    param = params[full]
+                    param.weight_loader(param, tensor, shard)
+                    break
+            else:
+                if full not in params:
+                    raise ValueError(f"unexpected tensor {name!r} in the draft checkpoint")
+                param = params[full]
+                getattr(param, "weight_loader", default_weight_loader)(param, tensor)
+            loaded.add(full)
+        missing = sorted(set(params) - loaded)
+        if missing:
+            raise ValueError(f"the draft checkpoint lacks tensors for {missing}")
+        return loaded
+
+
+def check_target(exported: ExportedConfig, vllm_config: VllmConfig) -> None:
+    """Refuse a draft trained against another target (the structural fields of its fingerprint).
+
+    The head hash needs the target's weights; `dream serve` / `dream bench` check it before starting vLLM.
+    """
+    model_config = vllm_config.model_config
+    text = model_config.hf_text_config
+    current = {
+        "model_type": model_config.hf_config.model_type,
+        "hidden_size": text.hidden_size,
+        "num_layers": text.num_hidden_layers,
+        "vocab_size": model_config.get_vocab_size(),
+    }
+    diffs = [f"{k}: draft {exported.target.get(k)!r} != target {v!r}" for k, v in current.items()
+             if exported.target.get(k) != v]
+    if diffs:
+        raise ValueError(f"draft {exported.source} was trained against a different target: " + "; ".join(diffs))

@@ -1,0 +1,58 @@
+"""vLLM target models with what vLLM's EAGLE proposer needs and its Idefics3 / SmolVLM classes lack.
+
+The proposer (vllm/v1/spec_decode/llm_base_proposer.py, `load_model`) reads from a multimodal target:
+- `config.image_token_index`, copied onto the draft's config (Idefics3's config calls it image_token_id);
+- `get_language_model()` with `.model.embed_tokens` and `.lm_head`, to share the embedding and head with
+  the draft. Idefics3's returns the bare text model (no `.lm_head`; the head sits on the outer class).
+The features the draft needs are the target's post-norm final hidden states, which every vLLM target
+already returns from `forward` (method "eagle" uses them as they are; no auxiliary layers).
+
+The subclasses change nothing else: same weights, same outputs, same processor (inherited registration).
+`plugin.register()` installs them under the stock architecture names (plugin.TARGET_OVERRIDES), so a stock checkpoint loads into them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.model_executor.models.idefics3 import Idefics3ForConditionalGeneration
+from vllm.model_executor.models.interfaces import SupportsEagle
+from vllm.model_executor.models.smolvlm import SmolVLMForConditionalGeneration
+
+
+@dataclass(frozen=True)
+class LanguageModelView:
+    """The text model plus the outer head, shaped as the proposer expects (not a module: owns no weights)."""
+
+    model: nn.Module             # the decoder stack: has embed_tokens and embed_input_ids
+    lm_head: nn.Module
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # vLLM's multimodal embed_input_ids embeds text through get_language_model().
+        return self.model.embed_input_ids(input_ids)
+
+
+class _Idefics3EagleMixin:
+    def _expose_image_token(self) -> None:
+        # One name for the same id: the proposer asks for image_token_index.
+        self.config.image_token_index = self.config.image_token_id
+
+    def get_language_model(self) -> LanguageModelView:  # type: ignore[override]
+        return LanguageModelView(self.model.text_model, self.lm_head)
+
+
+# The mixin comes first, so its get_language_model wins over SupportsMultiModal's; the SupportsEagle
+# protocol comes last, so its __init__ never stands between ours and the model's.
+class DreamIdefics3ForConditionalGeneration(_Idefics3EagleMixin, Idefics3ForConditionalGeneration, SupportsEagle):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._expose_image_token()
+
+
+class DreamSmolVLMForConditionalGeneration(_Idefics3EagleMixin, SmolVLMForConditionalGeneration, SupportsEagle):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._expose_image_token()
