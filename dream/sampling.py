@@ -100,7 +100,7 @@ def check_generation_config(config: GenerationConfig | None) -> None:
 def sample(weights: Tensor, generator: torch.Generator | None) -> int:
     """One draw from unnormalised weights [V] >= 0 (at least one positive)."""
     cdf = weights.float().cumsum(-1)                                             # [V]
-    u = torch.rand((), generator=generator) * cdf[-1]
+    u = torch.rand((), generator=generator).item() * cdf[-1]                 # CPU generator, cdf's device
     # right=True: u lands in [cdf[i-1], cdf[i]), an empty interval for a zero weight.
     index = int(torch.searchsorted(cdf, u, right=True))
     if index == cdf.shape[0]:

@@ -47,7 +47,8 @@ class VerifyResult:
 
 def verify_greedy(tree: Tree, target_logits: Tensor) -> VerifyResult:
     """target_logits [N, V]: the target's logits at every tree node."""
-    target_choice = target_logits.argmax(-1)                                     # [N]
+    # One [N] transfer: the tree is a small control structure that lives on the CPU.
+    target_choice = target_logits.argmax(-1).to(tree.tokens.device)              # [N]
     correct = tree.tokens == target_choice[tree.parents.clamp(min=0)]           # [N]; root reads itself
     correct[0] = True
     on_correct_path = ~(tree.ancestors & ~correct).any(-1)                      # [N]
@@ -70,7 +71,7 @@ def verify_sampling(tree: Tree, target_probs: Tensor, generator: torch.Generator
             child, residual = _try_deterministic(children[node], tokens, target_probs[node], generator)
         else:
             child, residual = _try_sampled(children[node], tokens, target_probs[node],
-                                           tree.draft_probs[node], generator)
+                                           tree.draft_probs[node].to(target_probs.device), generator)
         if child is None:
             return _result(path, sample(residual, generator))
         path.append(child)

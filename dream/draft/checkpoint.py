@@ -101,6 +101,11 @@ def read_draft_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
+def target_device(target: Any) -> torch.device:
+    model = getattr(target, "model", target)
+    return next(model.parameters()).device
+
+
 def load_draft(path: str | Path, target: Any, *, dtype: torch.dtype = torch.float32) -> DraftCheckpoint:
     """Load a draft for `target` (a TargetAdapter): refuses a checkpoint trained against another target."""
     path = Path(path)
@@ -110,7 +115,7 @@ def load_draft(path: str | Path, target: Any, *, dtype: torch.dtype = torch.floa
     window = None if config["layer_window"] is None else LayerWindow.from_dict(config["layer_window"])
     draft = build_draft(draft_config)
     draft.load_state_dict(_read_weights(path / WEIGHTS_FILE, draft), strict=True)
-    draft = draft.to(dtype).eval()
+    draft = draft.to(device=target_device(target), dtype=dtype).eval()     # the draft runs where the target does
     draft.bind_head(target_head(target))
     return DraftCheckpoint(draft, window, config["training"], config["target"], config["dtype"])
 

@@ -145,7 +145,8 @@ class DraftProposer:
     def _logits(self, features: Tensor) -> Tensor:
         """Draft features [k, H] -> float logits [k, V_draft] with the blocked ids at -inf."""
         head = self._head
-        logits = apply_head(features.to(head.weight.dtype), head.weight, head.bias, head.softcap).float()
+        # Trees are built on the CPU (small control structures); the [k, V_draft] logits move once.
+        logits = apply_head(features.to(head.weight.dtype), head.weight, head.bias, head.softcap).float().cpu()
         if self._blocked.numel():
             logits[:, self._blocked] = float("-inf")
         return logits

@@ -210,7 +210,7 @@ class TargetAdapter:
 
     def embed(self, token_ids: Tensor) -> Tensor:
         """[..., n] -> [..., n, H], with the target's own embedding scaling (Gemma3)."""
-        return self.model.get_input_embeddings()(token_ids)
+        return self.model.get_input_embeddings()(token_ids.to(self.model.device))
 
     def head(self, features: Tensor) -> Tensor:
         """[..., H] -> [..., V], with final-logit soft-capping where the stock class applies it."""
