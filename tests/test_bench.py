@@ -17,7 +17,9 @@ import dream.bench.session
 import dream.commands.bench
 import dream.bench.run
 import dream.methods
-from dream.bench.run import BenchSettings, run_bench
+from dream.bench.report import summarize
+from dream.bench.run import BenchSettings, PromptRun, run_bench
+from dream.bench.session import with_margins
 from dream.methods import Method, shipped_drafts
 from dream.cli import main
 from dream.draft import DraftConfig, build_draft, save_draft
@@ -210,6 +212,26 @@ def test_run_bench_warms_up_then_interleaves_and_rotates(setup, monkeypatch):
     assert result.runs["ar"][1][0].token_ids == result.runs["ar"][1][1].token_ids      # greedy: repeats agree
     with pytest.raises(ValueError, match="plain baseline"):
         run_bench(target, [Method("pld")], prompts, settings, progress=False)
+
+
+def test_a_mismatch_names_its_position_and_fp32_margin(setup):
+    target = TargetAdapter.from_pretrained(setup["target"])
+    settings = BenchSettings(max_new_tokens=4, warmup=0)
+    result = run_bench(target, [Method("ar"), Method("hf")], read_prompts(setup["prompts"], limit=1), settings,
+                       progress=False)
+    good = result.runs["ar"][0][0]
+    assert len(good.token_ids) >= 2
+    flipped = (good.token_ids[1] + 1) % target.vocab_size
+    result.runs["ar"][0] = (PromptRun((good.token_ids[0], flipped, *good.token_ids[2:]), good.metrics),)
+    summary = summarize(result, greedy=True)
+    mismatch = summary.methods["ar"].overall.mismatched[0]
+    assert (mismatch.line, mismatch.position, mismatch.expected, mismatch.got) == (1, 1, good.token_ids[1], flipped)
+    assert summary.methods["hf"].overall.mismatches == 0 and mismatch.fp32_margin is None
+    filled = with_margins(summary, result, target, settings, {"dtype": "fp32", "target_path": "not loaded"})
+    mismatch = filled.methods["ar"].overall.mismatched[0]
+    # The reference is the fp32 greedy path: its token is the argmax there, ahead of the flipped one.
+    assert mismatch.fp32_token == good.token_ids[1] and mismatch.fp32_margin > 0
+    assert filled.methods["ar"].categories["describe"].mismatched[0].fp32_margin == mismatch.fp32_margin
 
 
 def test_read_prompts_strict_and_limited(setup, tmp_path):

@@ -21,7 +21,7 @@ from dream.tree import tree_from_parents
 from fixtures import tiny_image
 
 SMALL = TuneSettings(max_top_k=2, max_depth=3, calibration_nodes=6, node_counts=(1, 2, 4, 6),
-                     verify_depths=(1, 3), timing_repeats=1)
+                     verify_nodes=(1, 3, 6), verify_depths=(1, 3), timing_repeats=1)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,8 @@ def test_tree_auto_records_the_choice_and_the_calibration(files, tmp_path, monke
     pld_chain = tune["methods"]["pld"]["chosen"]["depth"]
     assert config["pld"]["num_tokens"] == pld_chain and 1 <= pld_chain <= 3
     assert all(math.isfinite(tune["verify_cost"][k]) for k in ("base", "per_node", "per_depth"))
-    assert len(tune["verify_cost"]["samples"]) == len({(1, 0)} | {(max(n, d) + 1, d) for n in (1, 2, 4, 6)
-                                                                  for d in (1, 3)})
+    grid = {(1, 0), (2, 1), (4, 1), (7, 1), (4, 3), (7, 3)}
+    assert {(n, d) for n, d, _ in tune["verify_cost"]["samples"]} == grid
     assert doc["methods"]["dream"]["mismatches"] == 0
 
 
@@ -92,6 +92,13 @@ def test_walk_reads_ranks_in_tree_order_and_stops_at_the_verified_depth():
     assert rejected.walk == ((2, 0), (2, None)) and rejected.drafted == 5 and rejected.depth == 2
     cut = walk(tree, [10], max_depth=1)                            # the engine cut depth 2 off: no rejection there
     assert cut.walk == ((2, 0),) and cut.drafted == 2 and cut.depth == 1
+
+
+def test_tune_settings_refuse_extrapolation():
+    with pytest.raises(ValueError, match="calibration tree"):
+        TuneSettings(calibration_nodes=16)
+    with pytest.raises(ValueError, match="no extrapolation"):
+        TuneSettings(verify_nodes=(1, 8))
 
 
 def test_timing_trees_have_the_asked_size_and_depth():

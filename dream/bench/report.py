@@ -10,7 +10,8 @@ Definitions (counts and times come from dream.metrics, summed over prompts and r
                   token, on the first repeat; only meaningful for greedy decoding (None at temperature > 0).
                   In fp32 a lossless method has 0; in bf16 a tree forward and a one-token forward can round
                   differently, so a near tie can flip an argmax. Each mismatch names its first differing
-                  position and both tokens there.
+                  position, both tokens there and, once dream.bench.session has added it, the fp32 logit
+                  margin between them (dream.target.margins): a few 1e-3 is a near tie, whole logits a bug.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ class Mismatch:
     position: int                  # first generated position where the tokens differ
     expected: int | None           # the reference's token there (None: the reference had ended)
     got: int | None                # this method's token there (None: this method had ended)
+    fp32_margin: float | None = None   # fp32 logit of `expected` minus that of `got` after the common prefix
+    fp32_token: int | None = None      # the fp32 target's own argmax there
 
     def to_dict(self) -> dict:
-        return {"line": self.line, "position": self.position, "expected": self.expected, "got": self.got}
+        return {"line": self.line, "position": self.position, "expected": self.expected, "got": self.got,
+                "fp32_margin": self.fp32_margin, "fp32_token": self.fp32_token}
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,11 @@ import transformers
 
 from dream.bench.prompts import PromptRecord
 from dream.bench.plot import write_plot
-from dream.bench.report import Summary, format_categories, format_table, json_document, summarize
-from dream.bench.run import BenchResult, BenchSettings, run_bench
+from dream.bench.report import MethodSummary, Score, Summary, format_categories, format_table, json_document, summarize
+from dream.bench.run import BenchResult, BenchSettings, build_inputs, run_bench
 from dream.methods import Method, make_proposer, method_config
-from dream.target import TargetAdapter
+from dream.target import TargetAdapter, load_target
+from dream.target.margins import mismatch_margin
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,17 @@ def execute(target: TargetAdapter, methods: Sequence[Method], prompts: list[Prom
         log.warning("the machine is busy (load %.1f on %d cores): speeds will be noisy and low "
                     "(--threads 1 suffers least)", load, cores)
     result = run_bench(target, methods, prompts, settings, progress=progress)
-    summary = summarize(result, settings.sampling.greedy)
+    summary = with_margins(summarize(result, settings.sampling.greedy), result, target, settings, config)
     # Decoding happens here, after every timed generation.
     texts = {name: [target.tokenizer.decode(run.token_ids, skip_special_tokens=True) for run in result.first(name)]
              for name in result.runs}
     print(format_table(summary))
-    if config["dtype"] == "bf16" and any(x.overall.mismatches for x in summary.methods.values()):
-        print("(mismatch in bf16: a tree forward rounds differently from a one-token forward, so a near tie "
-              "can flip an argmax; --dtype fp32 checks losslessness)")
+    for name, method in summary.methods.items():
+        if method.overall.mismatches:
+            parts = ", ".join(f"line {m.line} at token {m.position} (fp32 margin "
+                              f"{'-' if m.fp32_margin is None else f'{m.fp32_margin:.3g}'})"
+                              for m in method.overall.mismatched)
+            print(f"{name} parts from {summary.reference}: {parts}")
     categories = format_categories(summary)
     if categories:
         print("\nby category")
@@ -116,3 +120,31 @@ def code_version() -> dict:
 
 def _git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+def with_margins(summary: Summary, result: BenchResult, target: TargetAdapter, settings: BenchSettings,
+                 config: dict) -> Summary:
+    """The summary with the fp32 logit margin of every greedy mismatch (dream.target.margins); a bf16 run
+    loads an fp32 copy of the target for it, only when there is a mismatch."""
+    wanted = sorted({(name, m.line) for name, s in summary.methods.items() for m in s.overall.mismatched or ()})
+    if not wanted:
+        return summary
+    fp32 = target if config["dtype"] == "fp32" else load_target(config["target_path"], "fp32", target.model.device)
+    index = {record.line: i for i, record in enumerate(result.prompts)}
+    found = {}
+    for name, line in wanted:
+        i = index[line]
+        inputs = build_inputs(target, [result.prompts[i]], settings.max_new_tokens)[0]
+        found[name, line] = mismatch_margin(fp32, inputs, result.first(name)[i].token_ids,
+                                            result.first(summary.reference)[i].token_ids)
+
+    def fill(name: str, score: Score) -> Score:
+        if score.mismatched is None:
+            return score
+        filled = [m if (x := found.get((name, m.line))) is None else
+                  dataclasses.replace(m, fp32_margin=x.margin, fp32_token=x.fp32_token) for m in score.mismatched]
+        return dataclasses.replace(score, mismatched=tuple(filled))
+
+    methods = {name: MethodSummary(fill(name, s.overall), {c: fill(name, x) for c, x in s.categories.items()})
+               for name, s in summary.methods.items()}
+    return dataclasses.replace(summary, methods=methods)

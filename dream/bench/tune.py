@@ -48,14 +48,17 @@ from dream.verify import verify_greedy, verify_sampling
 class TuneSettings:
     max_top_k: int = 4                 # candidate top_k 1..max_top_k
     max_depth: int = 8                 # candidate depths (and prompt-lookup chain lengths) 1..max_depth
-    calibration_nodes: int = 48        # total_tokens of the calibration tree; the largest candidate
-    node_counts: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48)   # candidate total_tokens
-    verify_depths: tuple[int, ...] = (1, 2, 4, 8)      # depths of the verify-cost grid
+    calibration_nodes: int = 32        # total_tokens of the calibration tree; the largest candidate
+    node_counts: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32)   # candidate total_tokens
+    verify_nodes: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 24, 32)   # draft nodes of the verify-cost grid
+    verify_depths: tuple[int, ...] = (1, 2, 4, 8)                  # its depths
     timing_repeats: int = 3            # each timing is the median of this many
 
     def __post_init__(self) -> None:
         if max(self.node_counts) > self.calibration_nodes:
             raise ValueError("candidate node counts cannot exceed the calibration tree's")
+        if max(self.verify_nodes) < max(self.node_counts):
+            raise ValueError("the verify-cost grid must reach the largest candidate (no extrapolation)")
 
 
 def check_disjoint(dev: Sequence[PromptRecord], evaluation: Sequence[PromptRecord], dev_file: Path) -> None:
@@ -180,7 +183,7 @@ def _verify_cost(target: TargetAdapter, inputs: TargetInputs, tune: TuneSettings
             verify_sampling(tree, target_probs(logits, sampling), generator)
         target.commit(cache, tree.num_nodes, rewind)        # keep nothing: the cache is the prompt's again
 
-    grid = {(1, 0)} | {(max(n, d) + 1, d) for n in tune.node_counts for d in tune.verify_depths if d <= tune.max_depth}
+    grid = {(1, 0)} | {(max(n, d) + 1, d) for n in tune.verify_nodes for d in tune.verify_depths if d <= tune.max_depth}
     samples = []
     for nodes, depth in sorted(grid):
         tree = timing_tree(nodes, depth)
