@@ -30,6 +30,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 from transformers import LlamaConfig
+from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.distributed import get_tensor_model_parallel_world_size
 from vllm.model_executor.layers.attention import Attention
@@ -167,10 +168,14 @@ class _SharedEmbedding(nn.Module):
         raise RuntimeError("the target's embedding has not been shared with the draft yet")
 
 
+@support_torch_compile(dynamic_arg_dims={"embeds": 0, "positions": -1, "memory": 0})
 class DreamDraftModel(nn.Module):
-    """The draft's layers, named as in the dream checkpoint (blocks.i.*, block.*, fc.*, norm, vocab_map)."""
+    """The draft's layers, named as in the dream checkpoint (blocks.i.*, block.*, fc.*, norm, vocab_map).
 
-    def __init__(self, cfg: DraftConfig, vllm_config: VllmConfig, prefix: str, first_layer: int) -> None:
+    Compiled by vLLM like its own EAGLE heads (skipped with enforce_eager), with the token count dynamic.
+    """
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", cfg: DraftConfig, first_layer: int) -> None:
         super().__init__()
         self.embed_tokens: nn.Module = _SharedEmbedding()
         config = layer_config(cfg)
@@ -223,9 +228,16 @@ class EagleDreamDraft(nn.Module, SupportsMultiModalEmbeddings):
         check_target(exported, vllm_config)
         self.draft_config: DraftConfig = exported.draft
         first_layer = vllm_config.model_config.get_total_num_hidden_layers()
-        self.model = DreamDraftModel(exported.draft, vllm_config, maybe_prefix(prefix, "model"), first_layer)
+        self.model = DreamDraftModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"),
+                                     cfg=exported.draft, first_layer=first_layer)
         self.vocab_size = exported.draft.vocab_size
         self.logits_processor = LogitsProcessor(self.vocab_size)
+        # Never propose the image placeholder (as the harness's proposer). Read from the target's config
+        # here: vLLM's V1 proposer also copies it onto ours as image_token_index, its V2 runner does not.
+        target_config = vllm_config.model_config.hf_config
+        self.image_token_id: int | None = getattr(target_config, "image_token_id", None)
+        if self.image_token_id is None:
+            self.image_token_id = getattr(target_config, "image_token_index", None)
         self._reduced_head: torch.Tensor | None = None   # [V_draft, H] rows of the shared head, made on first use
 
     # ---- inputs ------------------------------------------------------------------------------------------
@@ -270,10 +282,8 @@ class EagleDreamDraft(nn.Module, SupportsMultiModalEmbeddings):
                 weight = self.lm_head.weight
                 self._reduced_head = weight.index_select(0, vocab_map.to(weight.device)).to(hidden_states.dtype)
             reduced = torch.nn.functional.linear(hidden_states, self._reduced_head)
-        image_token = getattr(self.config, "image_token_index", None)
-        if image_token is not None:
-            # Never propose the image placeholder (as the harness's proposer).
-            reduced = reduced.masked_fill(vocab_map == image_token, float("-inf"))
+        if self.image_token_id is not None:
+            reduced = reduced.masked_fill(vocab_map == self.image_token_id, float("-inf"))
         logits = reduced.new_full((reduced.shape[0], self.vocab_size), float("-inf"))
         logits[:, vocab_map] = reduced
         return logits

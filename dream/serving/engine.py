@@ -1,0 +1,126 @@
+"""Building a vLLM engine for a target with one speculation method, and reading its spec-decode counters.
+
+Methods: `base` (no speculation), `ngram` (vLLM's prompt lookup), and a draft: `dream` / `eagle2` name
+the shipped drafts of a zoo target, or any dream draft directory. Drafts go through vLLM's EAGLE proposer
+(method "eagle") with the plugin's draft class; their checkpoint is exported once (dream.serving.export).
+
+vLLM proposes a chain of `num_speculative_tokens` tokens per step (no tree), verified with its rejection
+sampler; at temperature 0 the output is the target's greedy output.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from dream.serving.export import exported_draft
+
+BASE, NGRAM = "base", "ngram"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    target: str                         # the target's checkpoint directory (stock HF layout)
+    dtype: str = "bfloat16"             # "bfloat16" | "float32"
+    num_speculative_tokens: int = 4     # chain length a proposer drafts per step
+    enforce_eager: bool = False         # True skips torch.compile (start-up in seconds instead of minutes)
+    max_model_len: int = 2048
+    max_num_seqs: int = 16              # requests batched together
+    memory_fraction: float = 0.3        # vLLM's gpu_memory_utilization; on CPU a share of the memory node
+    in_process: bool = False            # one process (tests): the plugin is registered here, no entry point needed
+    seed: int = 0
+    ngram_max: int = 3                  # prompt-lookup n-gram sizes (as the harness's pld)
+    ngram_min: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)   # further vLLM engine arguments, passed as they are
+
+
+def speculative_config(method: str, draft_dir: str | Path | None, cfg: EngineConfig) -> dict[str, Any] | None:
+    """vLLM's speculative_config for a method; a draft method needs its checkpoint directory."""
+    if method == BASE:
+        return None
+    if method == NGRAM:
+        return {"method": "ngram", "num_speculative_tokens": cfg.num_speculative_tokens,
+                "prompt_lookup_max": cfg.ngram_max, "prompt_lookup_min": cfg.ngram_min}
+    if draft_dir is None:
+        raise ValueError(f"method {method!r} needs a draft directory")
+    return {"method": "eagle", "model": str(exported_draft(draft_dir)),
+            "num_speculative_tokens": cfg.num_speculative_tokens}
+
+
+def build_llm(cfg: EngineConfig, method: str = BASE, draft_dir: str | Path | None = None) -> Any:
+    """A vllm.LLM for the target with the method's speculation (stats logging on: counters are read)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if cfg.in_process:
+        # Must be set before vLLM reads its environment; the executor below then runs in this process.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from vllm import LLM
+
+    from dream.serving.plugin import register
+
+    register()      # this process; spawned workers run the entry point themselves
+    kwargs: dict[str, Any] = dict(
+        model=str(cfg.target), dtype=cfg.dtype, enforce_eager=cfg.enforce_eager,
+        max_model_len=cfg.max_model_len, max_num_seqs=cfg.max_num_seqs,
+        gpu_memory_utilization=cfg.memory_fraction, seed=cfg.seed, disable_log_stats=False,
+        limit_mm_per_prompt={"image": 1}, speculative_config=speculative_config(method, draft_dir, cfg),
+    )
+    if cfg.in_process:
+        kwargs["distributed_executor_backend"] = "uni"
+    kwargs.update(cfg.extra)
+    return LLM(**kwargs)
+
+
+def chat_messages(prompt: str, image: Image.Image | None) -> list[dict[str, Any]]:
+    """One user turn, the image first (the harness's dream.bench.prompts.user_messages, in vLLM's format)."""
+    content: list[dict[str, Any]] = [] if image is None else [{"type": "image_pil", "image_pil": image}]
+    content.append({"type": "text", "text": prompt})
+    return [{"role": "user", "content": content}]
+
+
+@dataclass(frozen=True)
+class SpecCounters:
+    """vLLM's cumulative spec-decode counters (vllm:spec_decode_*), per engine."""
+
+    drafts: int                         # verification steps that carried drafted tokens
+    draft_tokens: int                   # tokens drafted
+    accepted: int                       # drafted tokens accepted
+    accepted_per_position: tuple[int, ...]   # accepted at chain position 0, 1, ...
+
+    def minus(self, earlier: SpecCounters) -> SpecCounters:
+        """The counts between two readings of the same engine."""
+        per_pos = tuple(a - b for a, b in zip(self.accepted_per_position, earlier.accepted_per_position))
+        return SpecCounters(self.drafts - earlier.drafts, self.draft_tokens - earlier.draft_tokens,
+                            self.accepted - earlier.accepted, per_pos)
+
+    @property
+    def tau(self) -> float:
+        """Mean tokens emitted per verification step, the bonus token included (the harness's tau)."""
+        return 1.0 + self.accepted / self.drafts if self.drafts else 1.0
+
+
+def spec_counters(llm: Any) -> SpecCounters:
+    """The engine's counters now (zeros for an engine without speculation)."""
+    values: dict[str, Any] = {}
+    for metric in llm.get_metrics():
+        if metric.name.startswith("vllm:spec_decode_"):
+            values[metric.name] = getattr(metric, "values", None) or getattr(metric, "value", 0)
+    per_pos = values.get("vllm:spec_decode_num_accepted_tokens_per_pos", ())
+    return SpecCounters(
+        drafts=int(values.get("vllm:spec_decode_num_drafts", 0)),
+        draft_tokens=int(values.get("vllm:spec_decode_num_draft_tokens", 0)),
+        accepted=int(values.get("vllm:spec_decode_num_accepted_tokens", 0)),
+        accepted_per_position=tuple(int(v) for v in per_pos),
+    )
+
+
+def close_llm(llm: Any) -> None:
+    """Shut the engine down now (its workers, its memory reservation) rather than at garbage collection."""
+    import gc
+
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
