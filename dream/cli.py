@@ -14,7 +14,7 @@ import sys
 # name -> (module, help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("dream.commands.generate", "generate an answer for one image and prompt"),
-    "bench": ("dream.commands.bench", "compare ar, pld and drafts side by side on a prompts file"),
+    "bench": ("dream.commands.bench", "compare ar, hf, pld and drafts side by side on a prompts file"),
     "datagen": ("dream.commands.datagen", "make draft-training shards from a LLaVA-format dataset"),
     "train": ("dream.commands.train", "train a DREAM or EAGLE-2-style draft on datagen shards"),
     "entropy": ("dream.commands.entropy", "report attention entropy by target layer over a dataset"),

@@ -233,7 +233,7 @@ def _draft_costs(target: TargetAdapter, method: Method, inputs: list[TargetInput
 
 
 @dataclass(frozen=True)
-class _Round:
+class CalibrationRound:
     walk: Round           # the accepted path, for acceptance by depth and rank
     drafted: int          # draft nodes verified
     accepted: int         # drafts accepted
@@ -268,7 +268,7 @@ class _Recorder:
         self.inner.accept(step)
 
 
-def walk(tree: Tree, accepted: list[int], max_depth: int) -> _Round:
+def walk(tree: Tree, accepted: list[int], max_depth: int) -> CalibrationRound:
     """The round's accepted path through the tree's nodes up to max_depth; children in the draft's rank order."""
     parents, tokens, depths = tree.parents.tolist(), tree.tokens.tolist(), tree.depths.tolist()
     children: dict[int, list[int]] = {}
@@ -286,12 +286,12 @@ def walk(tree: Tree, accepted: list[int], max_depth: int) -> _Round:
             break
         node = kids[rank]
     verified = [d for d in depths if d <= max_depth]
-    return _Round(tuple(steps), len(verified) - 1, len(accepted), max(verified))
+    return CalibrationRound(tuple(steps), len(verified) - 1, len(accepted), max(verified))
 
 
 @dataclass(frozen=True)
 class _Calibration:
-    rounds: list[_Round]
+    rounds: list[CalibrationRound]
     round_s: float        # measured decode time per round (prefill excluded)
     draft_s: float        # measured proposer time per round
     tau: float

@@ -124,9 +124,12 @@ def _tree(args: argparse.Namespace) -> TreeConfig:
     if args.tree == "auto" and any(v is not None for v in given.values()):
         flags = ", ".join(flag for flag, value in given.items() if value is not None)
         raise ValueError(f"--tree auto chooses the shape itself: drop {flags}")
-    pick = lambda value, default: default if value is None else value     # noqa: E731
-    return TreeConfig(top_k=pick(args.tree_top_k, CPU_TREE.top_k), depth=pick(args.depth, CPU_TREE.depth),
-                      total_tokens=pick(args.total_tokens, CPU_TREE.total_tokens))
+    return TreeConfig(top_k=_given_or(args.tree_top_k, CPU_TREE.top_k), depth=_given_or(args.depth, CPU_TREE.depth),
+                      total_tokens=_given_or(args.total_tokens, CPU_TREE.total_tokens))
+
+
+def _given_or(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def check_outputs(json_out: Path | None, plot_out: Path | None) -> None:
