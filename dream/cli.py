@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("dream.commands.train", "train a DREAM or EAGLE-2-style draft on datagen shards"),
     "entropy": ("dream.commands.entropy", "report attention entropy by target layer over a dataset"),
     "zoo": ("dream.commands.zoo", "build or check the offline targets"),
+    "serve": ("dream.commands.serve", "serve a target with a draft through vLLM's OpenAI-compatible server"),
     "demo": ("dream.commands.demo", "the main job: build the offline target, run a short side-by-side benchmark"),
 }
 

