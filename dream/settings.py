@@ -1,7 +1,10 @@
 """One vocabulary of run settings for every verb: dtype names, devices, the token budget.
 
-Every command spells a dtype `bf16` or `fp32` and a device `auto`, `cpu` or `cuda`, with the same defaults
-(bf16: the only dtype in which speculation pays on a CPU; auto: the GPU when there is one).
+Every command spells a dtype `auto`, `bf16` or `fp32` and a device `auto`, `cpu` or `cuda`, with the same
+defaults. dtype auto is bf16 where matmuls run natively in bf16 (a CUDA GPU; a CPU with AVX-512 BF16 or AMX)
+and fp32 elsewhere: without those units torch emulates bf16 matmuls, several times slower than fp32 (measured
+on an AVX2-only EPYC: a 111 x 576 by 576 x 1536 linear takes 32 ms in fp32, 178 ms in bf16, one thread).
+Device auto is the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -9,14 +12,33 @@ from __future__ import annotations
 import torch
 
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32}
-DEFAULT_DTYPE = "bf16"
+DEFAULT_DTYPE = "auto"
+_NATIVE_BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_DEVICE = "auto"
 DEFAULT_MAX_NEW_TOKENS = 128
 
 
+def resolve_dtype_name(name: str) -> str:
+    """`auto` -> `bf16` or `fp32` for this machine (see the module docstring); `bf16` / `fp32` pass through."""
+    if name == "auto":
+        return "bf16" if torch.cuda.is_available() or _NATIVE_BF16_CPU_FLAGS & _cpu_flags() else "fp32"
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {name!r}")
+    return name
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
+    except OSError:                      # not Linux: assume no native bf16 (fp32 is never the slow choice)
+        return set()
+
+
 def torch_dtype(name: str) -> torch.dtype:
-    """`bf16` | `fp32` -> the torch dtype; ValueError names the accepted spellings."""
+    """`auto` | `bf16` | `fp32` -> the torch dtype; ValueError names the accepted spellings."""
+    name = resolve_dtype_name(name)
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
     return DTYPES[name]

@@ -126,3 +126,16 @@ def test_choose_method_defaults_to_the_shipped_dream_draft(tmp_path, monkeypatch
     assert generate_command.choose_method(None, None, str(tmp_path)) == ("ar", None)
     with pytest.raises(ValueError, match="no shipped eagle2 draft"):
         generate_command.choose_method("eagle2", None, "smolvlm-135m")
+
+
+def test_dtype_auto_follows_native_bf16(monkeypatch):
+    import dream.settings as settings
+
+    monkeypatch.setattr(settings.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(settings, "_cpu_flags", lambda: {"avx2", "fma"})
+    assert settings.resolve_dtype_name("auto") == "fp32"                       # bf16 would be emulated
+    monkeypatch.setattr(settings, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert settings.resolve_dtype_name("auto") == "bf16"
+    assert settings.resolve_dtype_name("fp32") == "fp32"
+    with pytest.raises(ValueError, match="auto or one of bf16, fp32"):
+        settings.resolve_dtype_name("float16")

@@ -16,7 +16,7 @@ import torch
 import dream.commands.demo as demo
 from dream.bench.run import BenchResult, PromptRun
 from dream.methods import DraftSpec
-from dream.settings import DEFAULT_MAX_NEW_TOKENS
+from dream.settings import DEFAULT_MAX_NEW_TOKENS, resolve_dtype_name
 from dream.cli import main
 from dream.draft import DraftConfig, build_draft, save_draft
 from dream.metrics import GenerationMetrics
@@ -88,7 +88,7 @@ def test_demo_flow_with_a_stand_in_target(tiny_target_path, tmp_path, monkeypatc
     captured = capsys.readouterr()
     assert plot.read_bytes()[:4] == b"\x89PNG"
     doc = json.loads(out.read_text())
-    assert list(doc["methods"]) == ["ar", "hf", "pld", "dream"] and doc["config"]["dtype"] == "bf16"
+    assert list(doc["methods"]) == ["ar", "hf", "pld", "dream"] and doc["config"]["dtype"] == resolve_dtype_name("auto")
     assert doc["config"]["command"][:2] == ["dream", "demo"] and doc["mismatch_reference"] == "hf"
     assert doc["config"]["tree"] == {"top_k": 3, "depth": 5, "total_tokens": 12, "chain": False}
     assert doc["config"]["num_prompts"] == 4

@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from dream.methods import CPU_TREE
-from dream.settings import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DEVICES, DTYPES
+from dream.settings import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DEVICES, resolve_dtype_name
 from dream.tree import TreeConfig
 
 
@@ -16,7 +16,10 @@ def add_target_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_dtype_argument(parser: argparse.ArgumentParser, what: str = "target compute dtype") -> None:
-    parser.add_argument("--dtype", choices=list(DTYPES), default=DEFAULT_DTYPE, help=f"{what} (default {DEFAULT_DTYPE})")
+    # Resolved while parsing, so every verb sees bf16 or fp32 and records what it ran.
+    parser.add_argument("--dtype", type=resolve_dtype_name, default=DEFAULT_DTYPE, metavar="{auto,bf16,fp32}",
+                        help=f"{what}; auto (default): bf16 where this machine runs bf16 matmuls natively "
+                             f"(CUDA, AVX-512 BF16, AMX), else fp32")
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dream.commands.common import add_device_argument, add_dtype_argument, add_max_new_tokens_argument, add_target_argument
-from dream.settings import DEFAULT_DTYPE, DTYPES
+from dream.settings import DTYPES
 from dream.training.datagen import DatagenConfig, parse_layer_window, run_datagen
 from dream.training.entropy import LayerWindow
 
@@ -23,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer-window", type=parse_layer_window, default=LayerWindow(),
                         help="candidate layers for the entropy argmin: A:B (0-based, B excluded), or one layer")
     add_dtype_argument(parser)
-    parser.add_argument("--storage-dtype", choices=list(DTYPES), default=DEFAULT_DTYPE,
-                        help=f"dtype of the stored features (default {DEFAULT_DTYPE})")
+    parser.add_argument("--storage-dtype", choices=list(DTYPES), default="bf16",
+                        help="dtype of the stored features (default bf16: half the disk, ample for features)")
     add_device_argument(parser)
 
 

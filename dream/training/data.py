@@ -24,7 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from dream.images import read_image
-from dream.target import TargetAdapter, TargetInputs
+from dream.target import TargetInputs
 
 IMAGE_TAG = "<image>"
 ROLES = ("human", "gpt")

@@ -57,7 +57,7 @@ from dream.training.data import (
 from dream.training.distributed import init_distributed
 from dream.training.entropy import LayerWindow, gather_supervision, select_layers
 from dream.training.shards import FORMAT_VERSION, MANIFEST, MANIFEST_FORMAT, SHARD_TENSORS, ShardWriter
-from dream.settings import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DTYPES
+from dream.settings import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DTYPES, resolve_dtype_name
 from dream.target import TargetAdapter, TargetInputs, load_target
 
 Prompt = tuple[Conversation, TargetInputs]
@@ -76,7 +76,7 @@ class DatagenConfig:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS  # per regenerated answer (an unfinished answer is kept, counted)
     layer_window: LayerWindow = field(default_factory=LayerWindow)   # candidates for l*
     dtype: str = DEFAULT_DTYPE            # the target's compute dtype (what inference runs)
-    storage_dtype: str = DEFAULT_DTYPE    # features and embeddings on disk
+    storage_dtype: str = "bf16"           # features and embeddings on disk
     device: str = DEFAULT_DEVICE          # auto | cpu | cuda (this rank's GPU under torchrun)
 
     def __post_init__(self) -> None:
@@ -85,6 +85,7 @@ class DatagenConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError(f"max_samples must be >= 1, got {self.max_samples}")
+        object.__setattr__(self, "dtype", resolve_dtype_name(self.dtype))     # auto -> this machine's choice
         for name in ("dtype", "storage_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"{name} must be one of {list(DTYPES)}, got {getattr(self, name)!r}")

@@ -32,7 +32,7 @@ from transformers import get_linear_schedule_with_warmup
 from dream.training.distributed import Distributed, init_distributed
 from dream.target import load_target
 from dream.draft import DraftConfig, DraftModel, build_draft, frequent_vocab_map, save_draft, target_head
-from dream.settings import DEFAULT_DTYPE, DTYPES
+from dream.settings import DEFAULT_DTYPE, resolve_dtype_name
 from dream.training.entropy import LayerWindow
 from dream.training.losses import LossWeights
 from dream.training.shards import ShardDataset, check_target
@@ -84,8 +84,7 @@ class TrainConfig:
         for name in ("warmup", "eval_every", "save_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        object.__setattr__(self, "dtype", resolve_dtype_name(self.dtype))     # auto -> this machine's choice
         if self.lr <= 0 or self.noise < 0 or self.grad_clip <= 0:
             raise ValueError("lr and grad_clip must be > 0 and noise >= 0")
         self.weights()                                          # validates the loss weights
