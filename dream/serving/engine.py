@@ -54,6 +54,7 @@ def speculative_config(method: str, draft_dir: str | Path | None, cfg: EngineCon
 def build_llm(cfg: EngineConfig, method: str = BASE, draft_dir: str | Path | None = None) -> Any:
     """A vllm.LLM for the target with the method's speculation (stats logging on: counters are read)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _use_every_core()
     if cfg.in_process:
         # Must be set before vLLM reads its environment; the executor below then runs in this process.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -72,6 +73,18 @@ def build_llm(cfg: EngineConfig, method: str = BASE, draft_dir: str | Path | Non
         kwargs["distributed_executor_backend"] = "uni"
     kwargs.update(cfg.extra)
     return LLM(**kwargs)
+
+
+def _use_every_core() -> None:
+    """vLLM's CPU worker binds ONE core by default and leaves the rest idle; the harness uses them all.
+    Give the worker every core unless the user chose (these variables are read by the spawned worker)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    cores = os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(cores))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}")
 
 
 def chat_messages(prompt: str, image: Image.Image | None) -> list[dict[str, Any]]:
