@@ -1,4 +1,4 @@
-"""`dream zoo build|check|train-vision NAME`: the offline targets from the command line."""
+"""`dream zoo build|check|draft-data|train-vision`: the offline targets from the command line."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check_parser.add_argument("--questions", type=int, default=1000,
                               help="easy-vqa test questions (a fixed subset; 0 = all 9,673)")
     check_parser.add_argument("--batch-size", type=int, default=32)
+    data_parser = sub.add_parser("draft-data", help="write the offline draft-training dataset (LLaVA format, "
+                                                     "placeholder answers for datagen to regenerate)")
+    data_parser.add_argument("--out", type=Path, required=True)
+    data_parser.add_argument("--samples", type=int, default=2000, help="conversations")
+    data_parser.add_argument("--seed", type=int, default=0)
     train_parser = sub.add_parser("train-vision", help="train (or export) the smolvlm-135m vision side, "
                                                        "see dream.zoo.train_vision")
     train_parser.add_argument("--export", metavar="CKPT", help="export a checkpoint to the assets folder and exit")
@@ -42,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
         from dream.zoo.check import check
 
         check(args.name, n_questions=args.questions or None, batch_size=args.batch_size)
+    elif args.action == "draft-data":
+        from dream.zoo.draft_data import make_dataset
+
+        print(make_dataset(args.out, args.samples, args.seed))
     elif args.export:
         from dream.zoo.export import export
 

@@ -1,6 +1,6 @@
 """A LLaVA-format dataset for training drafts of the zoo target, made offline from a seed.
 
-    python -m dream.zoo.draft_data --out runs/draft-data --samples 2000
+    dream zoo draft-data --out runs/draft-data --samples 2000
 
 writes `data.json` and `images/`. Each entry is a LLaVA conversation ({"id", "image", "conversations"},
 `<image>` in the first human turn; no "image" for a text-only conversation) plus three fields that say what
@@ -17,7 +17,6 @@ easy-vqa questions (one-word answers). Held-out image kinds and held-out templat
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,16 +143,3 @@ def make_dataset(out: Path, samples: int, seed: int = 0) -> Path:
     tmp.write_text(json.dumps(entries, indent=1))
     tmp.replace(data)
     return data
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--samples", type=int, default=2000, help="conversations")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print(make_dataset(args.out, args.samples, args.seed))
-
-
-if __name__ == "__main__":
-    main()
