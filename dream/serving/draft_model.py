@@ -47,6 +47,7 @@ from vllm.model_executor.models.interfaces import SupportsMultiModalEmbeddings
 from vllm.model_executor.models.llama import LlamaDecoderLayer, LlamaMLP
 from vllm.model_executor.models.utils import _merge_multimodal_embeddings, get_draft_quant_config, maybe_prefix
 
+from dream.draft.blocks import llama_config
 from dream.draft.config import DraftConfig
 from dream.serving.export import ExportedConfig, read_exported_config
 
@@ -63,20 +64,11 @@ _STACKED = {
 
 
 def layer_config(cfg: DraftConfig) -> LlamaConfig:
-    """The LlamaConfig vLLM's decoder layers are built from (sizes and rotary base of the draft)."""
-    return LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=len(cfg.blocks),
-        num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads,
-        head_dim=cfg.head_dim,
-        hidden_act=cfg.hidden_act,
-        max_position_embeddings=cfg.max_position_embeddings,
-        rms_norm_eps=cfg.rms_norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-    )
+    """The LlamaConfig vLLM's decoder layers are built from: the harness's (dream.draft.blocks), with every
+    block counted (vLLM numbers its layers over all blocks, cross-attention included)."""
+    config = llama_config(cfg)
+    config.num_hidden_layers = len(cfg.blocks)
+    return config
 
 
 class _DraftDecoderLayer(LlamaDecoderLayer):
