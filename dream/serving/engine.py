@@ -20,6 +20,7 @@ from PIL import Image
 from dream.serving.export import exported_draft
 
 BASE, NGRAM = "base", "ngram"
+VLLM_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}   # dream.settings names -> vLLM's dtype names
 
 
 @dataclass(frozen=True)
