@@ -4,6 +4,7 @@ the accepted-path walk reads ranks the way the verifier tries children."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -70,6 +71,45 @@ def test_tree_auto_records_the_choice_and_the_calibration(files, tmp_path, monke
     grid = {(1, 0), (2, 1), (4, 1), (7, 1), (4, 3), (7, 3)}
     assert {(n, d) for n, d, _ in tune["verify_cost"]["samples"]} == grid
     assert doc["methods"]["dream"]["mismatches"] == 0
+
+
+def test_a_tuned_run_lends_its_shapes_to_later_runs(files, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(dream.commands.bench, "tune_methods",
+                        functools.partial(dream.commands.bench.tune_methods, tune=SMALL))
+    common = ["bench", "--target", str(files["target"]), "--dtype", "fp32", "--max-new-tokens", "6", "--warmup", "0"]
+    tuned, reused = tmp_path / "tuned.json", tmp_path / "reused.json"
+    assert main([*common, "--prompts", str(files["eval"]), "--draft", str(files["dream"]), "--tree", "auto",
+                 "--dev-prompts", str(files["dev"]), "--json", str(tuned)]) == 0
+    assert main([*common, "--prompts", str(files["eval"]), "--draft", str(files["dream"]), "--temperature", "1",
+                 "--tree", str(tuned), "--json", str(reused)]) == 0
+    first, second = (json.loads(path.read_text())["config"] for path in (tuned, reused))
+    assert second["tree"] == "auto" and second["trees"] == first["trees"] and second["pld"] == first["pld"]
+    assert second["tune"]["reused_from"]["file"] == str(tuned)
+    assert second["tune"]["reused_from"]["sampling"]["temperature"] == 0.0
+    assert second["tune"]["methods"] == first["tune"]["methods"]
+
+    torch.manual_seed(1)
+    target = TargetAdapter.from_pretrained(files["target"])
+    other = save_draft(tmp_path / "dream", build_draft(DraftConfig.from_target(target, "dream")), target.fingerprint())
+    capsys.readouterr()
+    refusals = [
+        (["--prompts", str(files["eval"]), "--draft", str(other), "--tree", str(tuned)], "another draft checkpoint"),
+        (["--prompts", str(files["dev"]), "--draft", str(files["dream"]), "--tree", str(tuned)], "overlaps"),
+        (["--prompts", str(files["eval"]), "--draft", str(files["dream"]), "--tree", str(tuned), "--depth", "2"],
+         "chooses the shapes itself"),
+        (["--prompts", str(files["eval"]), "--methods", "ar", "--tree", str(reused.with_name("none.json"))],
+         "no such file"),
+    ]
+    fixed = tmp_path / "fixed.json"
+    assert main([*common, "--prompts", str(files["eval"]), "--methods", "ar", "--json", str(fixed)]) == 0
+    refusals.append((["--prompts", str(files["eval"]), "--methods", "ar", "--tree", str(fixed)],
+                     "did not use --tree auto"))
+    for extra, message in refusals:
+        # argparse refuses a missing file itself (SystemExit 2); the command returns 2 for the rest.
+        with pytest.raises(SystemExit) if message == "no such file" else contextlib.nullcontext():
+            assert main([*common, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1], (extra, err)
 
 
 def test_overlap_is_by_pixels_and_text(files, tmp_path):

@@ -14,12 +14,18 @@ check: the predicted tokens per round of the calibration tree beside the tau it 
 
 A dev set that shares an (image, prompt) pair with the evaluation prompts is refused: images are compared
 by their pixels, not their paths.
+
+`reuse_tune` takes the shapes an earlier `--tree auto` run chose (its JSON) instead of calibrating again: the
+same target and the same draft checkpoints are required, and its dev prompts must still be disjoint from the
+new evaluation prompts. Calibrating costs as much as a benchmark on a small CPU; one tune then serves
+several evaluation runs (other splits, other temperatures), and the JSON says where its shapes came from.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +35,13 @@ from typing import Sequence
 
 import torch
 
-from dream.bench.prompts import PromptRecord
+from dream.bench.prompts import PromptRecord, read_prompts
 from dream.bench.run import BenchSettings, build_inputs
 from dream.bench.treemodel import (
     Prediction, Round, VerifyCost, acceptance_table, candidate_trees, expected_tokens, predict_chains, predict_trees,
 )
 from dream.engine import generate
-from dream.methods import Method, make_proposer
+from dream.methods import Method, make_proposer, method_config
 from dream.metrics import aggregate
 from dream.proposer import AcceptedStep, PrefillRequest, PromptState, Proposer
 from dream.sampling import SamplingConfig, target_probs
@@ -102,6 +108,44 @@ def tune_methods(target: TargetAdapter, methods: Sequence[Method], dev: Sequence
         "verify_cost": {**dataclasses.asdict(verify), "samples": [list(s) for s in samples]},
         "methods": record,
     }
+
+
+def reuse_tune(source: Path, target: TargetAdapter, methods: Sequence[Method],
+               evaluation: Sequence[PromptRecord]) -> tuple[list[Method], dict]:
+    """The methods with the trees a `--tree auto` run recorded in `source` (a bench JSON), and its tune record
+    plus where it came from. ValueError when that run had another target or other drafts, chose nothing for
+    one of the methods, or tuned on prompts that overlap `evaluation`."""
+    try:
+        config = json.loads(source.read_text())["config"]
+        record, trees, drafts = config["tune"], config["trees"], config["drafts"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--tree {source}: not the JSON of a dream bench run ({err})") from None
+    if config.get("tree") != "auto" or not record:
+        raise ValueError(f"--tree {source}: that run did not use --tree auto, so it chose no shapes")
+    if config.get("target_fingerprint") != target.fingerprint():
+        raise ValueError(f"--tree {source}: its shapes were tuned for another target")
+    dev_file = Path(record["dev_prompts_file"])
+    if not dev_file.is_file() or hashlib.sha256(dev_file.read_bytes()).hexdigest() != record["dev_prompts_sha256"]:
+        raise ValueError(f"--tree {source}: its dev prompts {dev_file} are missing or changed since")
+    check_disjoint(read_prompts(dev_file), evaluation, dev_file)
+    reused = []
+    for method in methods:
+        if method.name == "pld":
+            chosen = record["methods"].get("pld", {}).get("chosen")
+            tree = None if chosen is None else TreeConfig(chosen["top_k"], chosen["depth"], chosen["total_tokens"])
+        elif method.draft is not None:
+            same = json.loads(json.dumps(method_config(method))) == drafts.get(method.name)
+            if not same:
+                raise ValueError(f"--tree {source}: {method.name} there was another draft checkpoint")
+            tree = TreeConfig(**trees[method.name])
+        else:
+            reused.append(method)
+            continue
+        if tree is None:
+            raise ValueError(f"--tree {source}: that run chose no shape for {method.name}")
+        reused.append(dataclasses.replace(method, tree=tree))
+    return reused, {**record, "reused_from": {"file": str(source), "command": config.get("command"),
+                                              "sampling": config.get("sampling")}}
 
 
 def _tune_draft(target: TargetAdapter, method: Method, inputs: list[TargetInputs], settings: BenchSettings,

@@ -27,7 +27,7 @@ from dream.bench.plot import supported_suffixes
 from dream.bench.prompts import ASSETS_PROMPTS, HELDOUT_PROMPTS, read_prompts
 from dream.bench.run import BenchSettings
 from dream.bench.session import bench_config, code_version, execute
-from dream.bench.tune import check_disjoint, tune_methods
+from dream.bench.tune import check_disjoint, reuse_tune, tune_methods
 from dream.commands.common import (
     add_device_argument,
     add_dtype_argument,
@@ -82,9 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", type=Path, metavar="OUT.png", help="write a plot of speedup and tau")
     parser.add_argument("--keep-ratios", metavar="R,R,...",
                         help="also run the dream draft at these visual keep ratios (as dream-keep<100R>)")
-    parser.add_argument("--tree", choices=["fixed", "auto"], default="fixed",
+    parser.add_argument("--tree", type=_tree_mode, default="fixed", metavar="{fixed,auto,RUN.json}",
                         help="fixed: the shape of --tree-top-k/--depth/--total-tokens for every method (default); "
-                             "auto: each method's shape chosen on --dev-prompts, on this machine")
+                             "auto: each method's shape chosen on --dev-prompts, on this machine; RUN.json: the "
+                             "shapes an earlier --tree auto run chose (same target and drafts)")
     parser.add_argument("--dev-prompts", type=Path,
                         help=f"prompts --tree auto calibrates on, disjoint from --prompts (default: {DEV_PROMPTS.name} "
                              "of the shipped prompts)")
@@ -126,9 +127,11 @@ def run(args: argparse.Namespace) -> int:
     tune_record = None
     if args.tree == "auto":
         methods, tune_record = tune_methods(target, methods, dev, dev_file, settings)
+    elif isinstance(args.tree, Path):
+        methods, tune_record = reuse_tune(args.tree, target, methods, prompts)
     config = bench_config(args.target, target_path, target, methods, settings, args.dtype, args.prompts, prompts,
                           getattr(args, "argv", None))
-    config["tree"] = "auto" if args.tree == "auto" else config["tree"]
+    config["tree"] = "auto" if tune_record is not None else config["tree"]
     config["tune"] = tune_record
     execute(target, methods, prompts, settings, config, json_out=args.json, plot_out=args.plot)
     return 0
@@ -136,11 +139,22 @@ def run(args: argparse.Namespace) -> int:
 
 def _tree(args: argparse.Namespace) -> TreeConfig:
     given = {"--tree-top-k": args.tree_top_k, "--depth": args.depth, "--total-tokens": args.total_tokens}
-    if args.tree == "auto" and any(v is not None for v in given.values()):
+    if args.tree != "fixed" and any(v is not None for v in given.values()):
         flags = ", ".join(flag for flag, value in given.items() if value is not None)
-        raise ValueError(f"--tree auto chooses the shape itself: drop {flags}")
+        raise ValueError(f"--tree {args.tree} chooses the shapes itself: drop {flags}")
     return TreeConfig(top_k=_given_or(args.tree_top_k, CPU_TREE.top_k), depth=_given_or(args.depth, CPU_TREE.depth),
                       total_tokens=_given_or(args.total_tokens, CPU_TREE.total_tokens))
+
+
+def _tree_mode(text: str) -> str | Path:
+    if text in ("fixed", "auto"):
+        return text
+    if not text.endswith(".json"):
+        raise argparse.ArgumentTypeError(f"expected fixed, auto or the JSON of a --tree auto run, got {text!r}")
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return path
 
 
 def _given_or(value: int | None, default: int) -> int:
@@ -177,7 +191,7 @@ def run_vllm(args: argparse.Namespace) -> int:
     from dream.serving.bench import METHODS, VllmBenchConfig, format_table, run_vllm_bench
     from dream.serving.engine import VLLM_DTYPES, EngineConfig
 
-    harness_only = {"--repeats": args.repeats != 1, "--tree auto": args.tree == "auto", "--plot": args.plot,
+    harness_only = {"--repeats": args.repeats != 1, "--tree": args.tree != "fixed", "--plot": args.plot,
                     "--keep-ratios": args.keep_ratios, "--device": args.device not in ("auto", "cpu")}
     unsupported = [flag for flag, given in harness_only.items() if given]
     if unsupported:
