@@ -328,3 +328,22 @@ def test_template_without_end_of_turn_gets_the_tokenizer_eos(tiny_target_path):
     assert sample.eos_appended == 1
     assert ids[start:] == [*answer, target.tokenizer.eos_token_id]
     assert sample.loss_mask.nonzero().flatten().tolist() == list(range(start - 1, start + 3))
+
+
+def test_a_dataset_made_in_parts_reads_as_one(tiny_target_path, tmp_path):
+    data = write_dataset(tmp_path / "data", num=5)
+    target = tiny_target_path("llava")
+    run_datagen(make_config(target, data, tmp_path / "all"))
+    run_datagen(make_config(target, data, tmp_path / "first", max_samples=2))
+    rest = json.loads(data.read_text())[2:]
+    (tmp_path / "data" / "rest.json").write_text(json.dumps(rest))
+    run_datagen(make_config(target, tmp_path / "data" / "rest.json", tmp_path / "rest", shard_size=2))
+    whole, parts = ShardDataset(tmp_path / "all"), ShardDataset(tmp_path / "first", tmp_path / "rest")
+    assert len(parts) == len(whole) == 5
+    for i in range(5):
+        assert torch.equal(parts[i].input_ids, whole[i].input_ids) and torch.equal(parts[i].features, whole[i].features)
+    run_datagen(make_config(target, data, tmp_path / "longer", max_new_tokens=12))
+    with pytest.raises(ValueError, match="different settings: max_new_tokens"):
+        ShardDataset(tmp_path / "first", tmp_path / "longer")
+    with pytest.raises(ValueError, match="given twice"):
+        ShardDataset(tmp_path / "first", tmp_path / "first")

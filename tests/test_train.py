@@ -175,3 +175,20 @@ def test_mid_supervision_defaults_per_architecture():
     assert TrainConfig(arch="eagle2").w_mid == 0.0
     assert TrainConfig(arch="eagle2", w_mid=0.1).w_mid == 0.1
     assert TrainConfig(arch="dream", w_mid=0.0).weights().mid == 0.0
+
+
+def test_cross_attention_gates_open_at_their_own_rate(tiny_target_path, shards, tmp_path):
+    """The gates start closed; at the base rate Adam moves a scalar by about lr a step, so they get
+    --gate-lr-scale times that. The evaluation log reports how far each gate is open."""
+    _, shard_dir = shards
+    opened = {}
+    for scale in (1.0, 100.0):
+        settings = {**FAST, "lr": 1e-4, "warmup": 0}
+        out = tmp_path / f"scale{scale:g}"
+        result = train(TrainConfig(arch="dream", steps=10, eval_every=10, save_every=0, gate_lr_scale=scale,
+                                   **settings), str(tiny_target_path("llava")), str(shard_dir), str(out), device="cpu")
+        gates = result.evaluations[-1]["gates"]
+        assert set(gates) == {"blocks.1.cross_attn_attn_gate", "blocks.1.cross_attn_mlp_gate"}
+        assert result.evaluations[0]["gates"] == dict.fromkeys(gates, 0.0)
+        opened[scale] = max(abs(v) for v in gates.values())
+    assert opened[1.0] <= 10 * 1e-4 * 1.01 and opened[100.0] > 20 * opened[1.0]

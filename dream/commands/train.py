@@ -11,7 +11,8 @@ from dream.training.train import DRAFT_DIR, TrainConfig, train
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     add_target_argument(parser)
-    parser.add_argument("--data", required=True, help="datagen shard directory")
+    parser.add_argument("--data", required=True, nargs="+", metavar="DIR",
+                        help="datagen shard directory; several: one dataset made in parts (same target and settings)")
     parser.add_argument("--arch", choices=["dream", "eagle2"], default="dream")
     parser.add_argument("--out", required=True,
                         help=f"run directory: the trained draft goes to OUT/{DRAFT_DIR}/, plus checkpoints/ "
@@ -34,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "directory; the settings must be the checkpoint's (except --eval-every/--save-every)")
     parser.add_argument("--draft-vocab", type=int, default=None)
     parser.add_argument("--blocks", type=lambda s: tuple(s.split(",")), default=None, help="e.g. self,cross,self")
+    parser.add_argument("--gate-lr-scale", type=float, default=defaults.gate_lr_scale,
+                        help="learning-rate multiple of the cross-attention gates, which start closed "
+                             f"(default {defaults.gate_lr_scale:g})")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     add_device_argument(parser)
 
@@ -43,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         arch=args.arch, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         w_feat=args.w_feat, w_mid=args.w_mid, w_kl=args.w_kl, keep_ratio=args.keep_ratio, noise=args.noise,
         dtype=args.dtype, val_fraction=args.val_fraction, eval_every=args.eval_every, save_every=args.save_every,
-        draft_vocab=args.draft_vocab, blocks=args.blocks, seed=args.seed,
+        draft_vocab=args.draft_vocab, blocks=args.blocks, seed=args.seed, gate_lr_scale=args.gate_lr_scale,
     )
     result = train(cfg, args.target, args.data, args.out, resume=args.resume, device=args.device)
     if result is not None:

@@ -75,23 +75,37 @@ def check_target(manifest: dict[str, Any], fingerprint: dict[str, Any], director
         raise ValueError(f"shards in {directory} were made from a different target: " + "; ".join(diffs))
 
 
-class ShardDataset:
-    """Random access to the samples of a datagen directory; tensors are read lazily from the shards."""
+# Datagen settings that change no sample: directories that differ only in these may be trained on together.
+_LAYOUT_SETTINGS = ("shard_size", "max_samples")
 
-    def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
-        self.manifest = read_manifest(self.directory)
+
+class ShardDataset:
+    """Random access to the samples of one or more datagen directories, in order; tensors are read lazily
+    from the shards. Several directories must come from the same target with the same sample settings
+    (precision, answers, layer window, answer length): one dataset, made in parts."""
+
+    def __init__(self, *directories: str | Path) -> None:
+        if not directories:
+            raise ValueError("no datagen directory given")
+        self.directories = [Path(d) for d in directories]
+        if len({d.resolve() for d in self.directories}) < len(self.directories):
+            raise ValueError("a datagen directory is given twice: its samples would count double")
+        manifests = [read_manifest(d) for d in self.directories]
+        self.manifest = manifests[0]
+        for directory, manifest in zip(self.directories[1:], manifests[1:]):
+            _check_same_kind(self.manifest, manifest, self.directories[0], directory)
         self._files: list[Any] = []
         self._index: list[tuple[int, int]] = []          # sample -> (shard, row)
         self._offsets: list[dict[str, Tensor]] = []
-        for shard, info in enumerate(self.manifest["shards"]):
-            handle = _open_shard(self.directory / info["file"])
-            self._files.append(handle)
-            offsets = {axis: handle.get_tensor(f"{axis}_offsets") for axis in ("tokens", "visual")}
-            self._offsets.append(offsets)
-            self._index.extend((shard, row) for row in range(info["num_samples"]))
+        for directory, manifest in zip(self.directories, manifests):
+            for info in manifest["shards"]:
+                handle = _open_shard(directory / info["file"])
+                shard = len(self._files)
+                self._files.append(handle)
+                self._offsets.append({axis: handle.get_tensor(f"{axis}_offsets") for axis in ("tokens", "visual")})
+                self._index.extend((shard, row) for row in range(info["num_samples"]))
         if not self._index:
-            raise ValueError(f"{self.directory} holds no samples")
+            raise ValueError(f"{', '.join(map(str, self.directories))} hold(s) no samples")
 
     def __len__(self) -> int:
         return len(self._index)
@@ -114,6 +128,15 @@ class ShardDataset:
             # position (never in the mask: nothing follows it) with the next sample's first token.
             counts += torch.bincount(ids[1:][mask[:-1]], minlength=vocab_size)
         return counts
+
+
+def _check_same_kind(first: dict[str, Any], other: dict[str, Any], first_dir: Path, other_dir: Path) -> None:
+    if other["target"] != first["target"]:
+        raise ValueError(f"shards in {other_dir} and {first_dir} were made from different targets")
+    settings = [{k: v for k, v in m["settings"].items() if k not in _LAYOUT_SETTINGS} for m in (first, other)]
+    diffs = [k for k in sorted(set(settings[0]) | set(settings[1])) if settings[0].get(k) != settings[1].get(k)]
+    if diffs:
+        raise ValueError(f"shards in {other_dir} and {first_dir} were made with different settings: {', '.join(diffs)}")
 
 
 def _open_shard(file: Path) -> Any:

@@ -22,7 +22,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -51,6 +51,7 @@ from dream.training.loop import (
 LOG_FILE = "train_log.jsonl"
 DRAFT_DIR = "draft"
 _MAY_CHANGE_ON_RESUME = ("eval_every", "save_every")
+GATE_SUFFIX = "_gate"         # CrossAttentionBlock's cross_attn_attn_gate / cross_attn_mlp_gate
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class TrainConfig:
     seed: int = 0
     grad_clip: float = 0.5
     weight_decay: float = 0.0
+    # The cross-attention gates are scalars that start closed (0): at the base rate Adam moves them by about
+    # lr a step, so in a few thousand steps they stay near 0 and target features barely reach the draft.
+    gate_lr_scale: float = 100.0
 
     def __post_init__(self) -> None:
         if self.w_mid is None:
@@ -85,8 +89,8 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         object.__setattr__(self, "dtype", resolve_dtype_name(self.dtype))     # auto -> this machine's choice
-        if self.lr <= 0 or self.noise < 0 or self.grad_clip <= 0:
-            raise ValueError("lr and grad_clip must be > 0 and noise >= 0")
+        if self.lr <= 0 or self.noise < 0 or self.grad_clip <= 0 or self.gate_lr_scale <= 0:
+            raise ValueError("lr, gate_lr_scale and grad_clip must be > 0 and noise >= 0")
         self.weights()                                          # validates the loss weights
 
     def weights(self) -> LossWeights:
@@ -104,25 +108,44 @@ class TrainResult:
     evaluations: list[dict[str, Any]]     # {"step", "val_loss", "val_top1", ...}, first and last included
 
 
-def train(cfg: TrainConfig, target_path: str, data_dir: str, out_dir: str, *, resume: str | None = None,
-          device: str = "auto", on_step: Callable[[int], None] | None = None) -> TrainResult | None:
-    """Train; returns the result on rank 0 (None elsewhere). resume: a checkpoint directory, or "latest".
-    on_step(step) runs after each finished step (and its checkpoint)."""
+def train(cfg: TrainConfig, target_path: str, data_dir: str | Sequence[str], out_dir: str, *,
+          resume: str | None = None, device: str = "auto",
+          on_step: Callable[[int], None] | None = None) -> TrainResult | None:
+    """Train on one datagen directory or several (one dataset, in order); returns the result on rank 0 (None
+    elsewhere). resume: a checkpoint directory, or "latest". on_step(step) runs after each finished step (and
+    its checkpoint)."""
     check_output_dir(Path(out_dir), "--out")
     ctx = init_distributed(device)
     try:
-        return _Run(cfg, target_path, Path(data_dir), Path(out_dir), ctx).train(resume, on_step)
+        data_dirs = [Path(data_dir)] if isinstance(data_dir, (str, Path)) else [Path(d) for d in data_dir]
+        return _Run(cfg, target_path, data_dirs, Path(out_dir), ctx).train(resume, on_step)
     finally:
         ctx.shutdown()
 
 
+def param_groups(draft: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's groups: the cross-attention gates at lr * gate_lr_scale, everything else at lr."""
+    gates = [p for name, p in draft.named_parameters() if name.endswith(GATE_SUFFIX)]
+    rest = [p for name, p in draft.named_parameters() if not name.endswith(GATE_SUFFIX)]
+    groups: list[dict[str, Any]] = [{"params": rest}]
+    if gates:
+        groups.append({"params": gates, "lr": cfg.lr * cfg.gate_lr_scale})
+    return groups
+
+
+def gate_openings(draft: torch.nn.Module) -> dict[str, float]:
+    """tanh of every cross-attention gate: how much of the target's features each block lets through."""
+    return {name: round(float(p.detach().float().tanh()), 4) for name, p in draft.named_parameters()
+            if name.endswith(GATE_SUFFIX)}
+
+
 class _Run:
-    def __init__(self, cfg: TrainConfig, target_path: str, data_dir: Path, out: Path, ctx: Distributed) -> None:
-        self.cfg, self.out, self.ctx, self.data_dir = cfg, out, ctx, data_dir
-        self.dataset = ShardDataset(data_dir)
+    def __init__(self, cfg: TrainConfig, target_path: str, data_dirs: list[Path], out: Path, ctx: Distributed) -> None:
+        self.cfg, self.out, self.ctx, self.data_dirs = cfg, out, ctx, data_dirs
+        self.dataset = ShardDataset(*data_dirs)
         self.target = load_target(target_path, cfg.dtype, ctx.device)
         self.fingerprint = self.target.fingerprint()
-        check_target(self.dataset.manifest, self.fingerprint, data_dir)
+        check_target(self.dataset.manifest, self.fingerprint, data_dirs[0])
         self.window = LayerWindow.from_dict(self.dataset.manifest["settings"]["layer_window"])
         if cfg.batch_size % ctx.world_size:
             raise ValueError(f"--batch-size {cfg.batch_size} (global) is not divisible by {ctx.world_size} processes")
@@ -134,7 +157,7 @@ class _Run:
         # With only the mid term, blocks after the first get no gradient: DDP must be told.
         unused = cfg.w_feat == 0 and cfg.w_kl == 0
         self.model = DistributedDataParallel(module, find_unused_parameters=unused) if ctx.active else module
-        self.optimizer = torch.optim.AdamW(self.draft.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+        self.optimizer = torch.optim.AdamW(param_groups(self.draft, cfg), lr=cfg.lr, betas=(0.9, 0.95),
                                            weight_decay=cfg.weight_decay)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, cfg.warmup, cfg.steps)
         self.autocast = functools.partial(torch.autocast, ctx.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
@@ -218,6 +241,9 @@ class _Run:
         metrics = evaluate(self.draft, self.dataset, self.val_indices, self.target, self.keep_ratio,
                            self.cfg.weights(), per_rank, self.ctx, self.autocast)
         record = {"step": step, **metrics}
+        gates = gate_openings(self.draft)
+        if gates:
+            record["gates"] = gates
         self._log(record)
         return record
 
@@ -281,7 +307,7 @@ class _Run:
         return step
 
     def _save_draft(self, evaluations: list[dict[str, Any]]) -> Path:
-        training = {**self.cfg.to_dict(), "keep_ratio": self.keep_ratio, "data": str(self.data_dir),
+        training = {**self.cfg.to_dict(), "keep_ratio": self.keep_ratio, "data": ",".join(map(str, self.data_dirs)),
                     "data_settings": self.dataset.manifest["settings"], "num_train": len(self.train_indices),
                     "num_val": len(self.val_indices), "world_size": self.ctx.world_size, "final": evaluations[-1]}
         final = self.out / DRAFT_DIR
