@@ -85,6 +85,8 @@ def test_bench_json_has_every_method_and_no_greedy_mismatch(setup, tmp_path, cap
         assert 0 < low <= high and m["tokens_per_s"] > 0
         assert m["speedup"] == pytest.approx(m["tokens_per_s"] / doc["methods"][doc["speedup_baseline"]]["tokens_per_s"])
         assert len(m["speedup_ci"]) == 2 and m["speedup_ci"][0] <= m["speedup_ci"][1]
+        assert m["vs_eagle2"] == pytest.approx(m["tokens_per_s"] / doc["methods"]["eagle2"]["tokens_per_s"])
+        assert m["vs_eagle2_ci"][0] <= m["vs_eagle2_ci"][1]
     plain = [doc["methods"][name] for name in ("ar", "hf")]
     assert max(m["speedup"] for m in plain) == 1.0 and all(m["tau"] == 1.0 for m in plain)
     assert doc["methods"]["ar"]["acceptance_by_depth"] == []

@@ -132,3 +132,15 @@ def test_verify_cost_fit_recovers_a_plane():
     fit = VerifyCost.fit(samples)
     assert (fit.base, fit.per_node, fit.per_depth) == pytest.approx((0.02, 0.003, 0.004))
     assert fit(13, 2) == pytest.approx(0.02 + 0.039 + 0.008)
+
+
+def test_rates_relative_to_a_named_method_are_paired():
+    rng = np.random.default_rng(7)
+    seconds = rng.uniform(0.5, 2.0, size=(5, 3))
+    tokens = np.full((5, 3), 10.0)
+    data = {"ar": cells(tokens, seconds), "eagle2": cells(tokens, seconds / 2), "dream": cells(tokens, seconds / 2.2)}
+    est = rate_estimates(data, ["ar"], versus="eagle2")
+    edge = est.relative["dream"]
+    assert edge.value == pytest.approx(1.1) and edge.low == pytest.approx(1.1) and edge.high == pytest.approx(1.1)
+    assert est.relative["eagle2"].value == pytest.approx(1.0)
+    assert rate_estimates(data, ["ar"]).relative == {}

@@ -6,6 +6,8 @@ Definitions (counts and times come from dream.metrics, summed over prompts and r
                   included; tokens_per_s_ci its 95 % interval (dream.bench.stats says how)
   speedup         tokens_per_s / that of the faster plain method (ar: the engine's own loop; hf: the model's
                   transformers generate()), on the same cells; speedup_ci its paired 95 % interval
+  vs_eagle2       tokens_per_s / that of the eagle2 method (when it ran), on the same cells; vs_eagle2_ci its
+                  paired 95 % interval: the DREAM-over-EAGLE-2 edge with the noise both share taken out
   mismatches      prompts whose output differs from the reference's (hf when it ran, else ar), token for
                   token, on the first repeat; only meaningful for greedy decoding (None at temperature > 0).
                   In fp32 a lossless method has 0; in bf16 a tree forward and a one-token forward can round
@@ -25,6 +27,8 @@ from dream.bench.run import BenchResult, PromptRun
 from dream.bench.stats import Cells, Estimate, rate_estimates
 from dream.methods import PLAIN
 from dream.metrics import GenerationMetrics, aggregate
+
+EAGLE2 = "eagle2"     # the draft baseline every method's rate is also compared with
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Score:
     tokens_per_s: Estimate
     speedup: Estimate
     mismatched: tuple[Mismatch, ...] | None     # None at T > 0
+    vs_eagle2: Estimate | None = None           # None when eagle2 did not run
 
     @property
     def mismatches(self) -> int | None:
@@ -57,7 +62,10 @@ class Score:
         mismatched = self.mismatched
         return {
             "tau": m.tau, "tokens_per_s": self.tokens_per_s.value, "tokens_per_s_ci": self.tokens_per_s.to_list(),
-            "speedup": self.speedup.value, "speedup_ci": self.speedup.to_list(), "mismatches": self.mismatches,
+            "speedup": self.speedup.value, "speedup_ci": self.speedup.to_list(),
+            "vs_eagle2": None if self.vs_eagle2 is None else self.vs_eagle2.value,
+            "vs_eagle2_ci": None if self.vs_eagle2 is None else self.vs_eagle2.to_list(),
+            "mismatches": self.mismatches,
             "mismatched_lines": None if mismatched is None else [x.line for x in mismatched],
             "mismatch_details": None if mismatched is None else [x.to_dict() for x in mismatched],
             "acceptance_by_depth": list(m.acceptance_by_depth),
@@ -99,7 +107,7 @@ def _scores(result: BenchResult, indices: list[int], plain: list[str], reference
             greedy: bool) -> tuple[dict[str, Score], str]:
     """Every method's score on the prompts `indices`, and the faster plain method there."""
     cells = {name: _cells([runs[i] for i in indices]) for name, runs in result.runs.items()}
-    estimates = rate_estimates(cells, plain)
+    estimates = rate_estimates(cells, plain, versus=EAGLE2 if EAGLE2 in cells else None)
     scores = {}
     for name, runs in result.runs.items():
         metrics = aggregate([run.metrics for i in indices for run in runs[i]])
@@ -107,7 +115,8 @@ def _scores(result: BenchResult, indices: list[int], plain: list[str], reference
         if greedy:
             mismatched = tuple(x for i in indices
                                if (x := _mismatch(result.prompts[i].line, runs[i][0], result.runs[reference][i][0])))
-        scores[name] = Score(metrics, estimates.rates[name], estimates.speedups[name], mismatched)
+        scores[name] = Score(metrics, estimates.rates[name], estimates.speedups[name], mismatched,
+                             estimates.relative.get(name))
     return scores, estimates.baseline
 
 
@@ -126,12 +135,17 @@ def _mismatch(line: int, run: PromptRun, reference: PromptRun) -> Mismatch | Non
                     got[position] if position < len(got) else None)
 
 
+def _ratio(estimate: Estimate | None) -> str:
+    return "-" if estimate is None else f"{estimate.value:.2f}x [{estimate.low:.2f}, {estimate.high:.2f}]"
+
+
 def format_table(summary: Summary) -> str:
     methods = summary.methods
     depth = max((len(s.overall.metrics.acceptance_by_depth) for s in methods.values()), default=0)
     name_width = max(len("method"), *(len(name) for name in methods))
     header = [f"{'method':<{name_width}}", f"{'tau':>5}", *(f"{'acc@' + str(d + 1):>6}" for d in range(depth)),
-              f"{'tok/s [95% CI]':>20}", f"{'speedup [95% CI]':>21}", f"{'mismatch':>8}"]
+              f"{'tok/s [95% CI]':>20}", f"{'speedup [95% CI]':>21}", f"{'vs eagle2 [95% CI]':>21}",
+              f"{'mismatch':>8}"]
     lines = ["  ".join(header)]
     for name, method in methods.items():
         score = method.overall
@@ -141,6 +155,7 @@ def format_table(summary: Summary) -> str:
                  *(f"{accept[d]:6.2f}" if d < len(accept) else f"{'-':>6}" for d in range(depth)),
                  f"{f'{rate.value:.1f} [{rate.low:.1f}, {rate.high:.1f}]':>20}",
                  f"{f'{speedup.value:.2f}x [{speedup.low:.2f}, {speedup.high:.2f}]':>21}",
+                 f"{_ratio(score.vs_eagle2):>21}",
                  f"{'-' if score.mismatches is None else score.mismatches:>8}"]
         lines.append("  ".join(cells))
     lines.append(f"(speedup over {summary.baseline}, the faster plain method; mismatches against "

@@ -5,6 +5,7 @@ The data of one method are cells (prompt i, repeat r): tokens[i, r] generated in
   rate       the median over repeats of each repeat's tokens/s over the prompt set
              (sum of tokens / sum of seconds over the prompts, so long answers weigh by their length).
   speedup    rate / the rate of the faster plain method (ar or hf) on the same cells.
+  relative   rate / the rate of one named method (the EAGLE-2 baseline, for the drafts), on the same cells.
   interval   95 % percentile bootstrap of the same statistic, crossed over both factors: each of
              RESAMPLES draws the prompts with replacement (as many as there are) and, independently, the
              repeats with replacement, then recomputes the median-over-repeats rate. Every method uses the
@@ -49,6 +50,7 @@ class RateEstimates:
     rates: dict[str, Estimate]    # method -> tokens/s
     speedups: dict[str, Estimate] # method -> speedup over the faster plain method
     baseline: str                 # the plain method that is faster on the measured cells
+    relative: dict[str, Estimate] # method -> rate over the `versus` method's (empty without one)
 
 
 def _draws(num_prompts: int, repeats: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,8 +77,9 @@ def _estimate(samples: np.ndarray) -> Estimate:
     return Estimate(float(samples[0]), float(low), float(high))
 
 
-def rate_estimates(cells: Mapping[str, Cells], plain: Sequence[str]) -> RateEstimates:
-    """Rates and speedups of every method; `plain` names the baseline candidates present in `cells`."""
+def rate_estimates(cells: Mapping[str, Cells], plain: Sequence[str], versus: str | None = None) -> RateEstimates:
+    """Rates and speedups of every method; `plain` names the baseline candidates present in `cells`; with
+    `versus`, every method's rate relative to that method's, paired the same way."""
     shapes = {c.tokens.shape for c in cells.values()} | {c.seconds.shape for c in cells.values()}
     assert len(shapes) == 1, f"every method needs the same prompts x repeats, got {shapes}"
     assert plain and all(name in cells for name in plain), f"plain methods {plain} missing from {list(cells)}"
@@ -89,4 +92,5 @@ def rate_estimates(cells: Mapping[str, Cells], plain: Sequence[str]) -> RateEsti
         rates={name: _estimate(s) for name, s in samples.items()},
         speedups={name: _estimate(s / fastest) for name, s in samples.items()},
         baseline=baseline,
+        relative={} if versus is None else {name: _estimate(s / samples[versus]) for name, s in samples.items()},
     )
