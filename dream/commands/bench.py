@@ -191,7 +191,7 @@ def run_vllm(args: argparse.Namespace) -> int:
     from dream.serving.bench import METHODS, VllmBenchConfig, format_table, run_vllm_bench
     from dream.serving.engine import VLLM_DTYPES, EngineConfig
 
-    harness_only = {"--repeats": args.repeats != 1, "--tree": args.tree != "fixed", "--plot": args.plot,
+    harness_only = {"--tree": args.tree != "fixed", "--plot": args.plot,
                     "--keep-ratios": args.keep_ratios, "--device": args.device not in ("auto", "cpu")}
     unsupported = [flag for flag, given in harness_only.items() if given]
     if unsupported:
@@ -200,6 +200,8 @@ def run_vllm(args: argparse.Namespace) -> int:
     k = CPU_TREE.depth if args.num_speculative_tokens is None else args.num_speculative_tokens
     if k < 1 or args.concurrency < 1:
         raise ValueError("--num-speculative-tokens and --concurrency must be >= 1")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     methods = tuple(parse_methods(args.methods) or METHODS)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -210,7 +212,7 @@ def run_vllm(args: argparse.Namespace) -> int:
     engine = EngineConfig(target=str(resolve_target_path(args.target)), dtype=VLLM_DTYPES[args.dtype],
                           num_speculative_tokens=k, max_num_seqs=max(args.concurrency, 1))
     cfg = VllmBenchConfig(engine=engine, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                          concurrency=args.concurrency, warmup=args.warmup, drafts=drafts)
+                          concurrency=args.concurrency, warmup=args.warmup, repeats=args.repeats, drafts=drafts)
     record = run_vllm_bench(cfg, prompts, methods)
     argv = getattr(args, "argv", None)
     record["config"].update(target=args.target, prompts_file=str(args.prompts), dtype=args.dtype,

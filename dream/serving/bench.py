@@ -1,11 +1,18 @@
 """`dream bench --engine vllm`: the same prompts through vLLM with base, ngram, eagle2 and dream.
 
-Per method one engine (started, warmed up on the first prompt, then timed), answers one request at a
-time (or `concurrency` in flight), greedy by default. The record follows the harness bench's JSON layout
-(config / methods / prompts): per method `tau` (vLLM's spec-decode counters: 1 + accepted / drafts, the
-bonus token included), `tokens_per_s`, `speedup` over `base`, `mismatches` against base's token ids,
-`acceptance_by_depth`; per prompt every method's text and token ids. With concurrency > 1 also the
-per-request latency (median, p90) and the throughput with N requests kept in flight.
+Per method and pass one engine (started, warmed up on the first prompt, then timed), answering one
+request at a time (or `concurrency` in flight), greedy by default. With `repeats` R the methods run R
+passes over the prompts, each pass on fresh engines and in an order rotated by one per pass, so a slow
+engine start or a busy spell lands on different methods. Engines are started one after another: a vLLM
+engine holds its cores and memory, so methods cannot be interleaved per prompt as the harness does.
+
+The record follows the harness bench's JSON layout (config / methods / prompts): per method `tau` (vLLM's
+spec-decode counters over all passes: 1 + accepted / drafts, the bonus token included), `tokens_per_s` and
+`speedup` over `base` with 95 % intervals (`_ci`, dream.bench.stats: cells are prompt x pass with one
+request at a time; with several in flight a pass is one cell, so only passes are resampled), `vs_eagle2`
+when eagle2 ran, `mismatches` against base's token ids (every pass), `acceptance_by_depth`; per prompt
+every method's text and token ids of the first pass. With concurrency > 1 also the per-request latency
+(median, p90) and the throughput with N requests kept in flight.
 
 Timing covers only the engine calls (prompt rendering and image decoding included, as a server would).
 """
@@ -18,8 +25,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dream.bench.prompts import PromptRecord
-from dream.serving.engine import BASE, EngineConfig, build_llm, chat_messages, close_llm, spec_counters
+from dream.bench.stats import Cells, rate_estimates
+from dream.serving.engine import BASE, EngineConfig, SpecCounters, build_llm, chat_messages, close_llm, spec_counters
 
 METHODS = ("base", "ngram", "eagle2", "dream")
 
@@ -31,60 +41,94 @@ class VllmBenchConfig:
     temperature: float = 0.0
     concurrency: int = 1                 # requests kept in flight (1: one at a time)
     warmup: int = 1                      # prompts answered before timing starts (not recorded)
+    repeats: int = 1                     # passes over the prompts, each on fresh engines
     drafts: dict[str, str] = field(default_factory=dict)   # method name -> draft directory
 
 
 @dataclass
-class _MethodRun:
+class MethodPass:
+    """One method's timed pass over the prompts on one engine."""
+
     token_ids: list[list[int]]
     texts: list[str]
     prompt_tokens: list[int]
     seconds: float
-    latencies: list[float]
-    tau: float
-    acceptance_by_depth: list[float]
+    latencies: list[float]               # per request: its call (one at a time) or queued to last token
+    counters: SpecCounters
 
 
 def run_vllm_bench(cfg: VllmBenchConfig, prompts: list[PromptRecord], methods: tuple[str, ...] = METHODS) -> dict:
-    """Run every method over `prompts`; returns the JSON-ready record."""
-    if cfg.concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {cfg.concurrency}")
+    """Run every method over `prompts`, `cfg.repeats` times; returns the JSON-ready record."""
+    if cfg.concurrency < 1 or cfg.repeats < 1:
+        raise ValueError(f"concurrency and repeats must be >= 1, got {cfg.concurrency} and {cfg.repeats}")
     if BASE not in methods:
         raise ValueError("the vLLM bench needs the base method (speedups and mismatches are against it)")
     missing = [m for m in methods if m not in (BASE, "ngram") and m not in cfg.drafts]
     if missing:
         raise ValueError(f"no draft directory for {missing}")
-    runs = {m: _run_method(cfg, m, prompts) for m in methods}
-    base = runs[BASE]
+    passes: dict[str, list[MethodPass]] = {m: [] for m in methods}
+    for r in range(cfg.repeats):
+        for method in methods[r % len(methods):] + methods[: r % len(methods)]:
+            passes[method].append(_run_method(cfg, method, prompts))
+    return bench_record(cfg, prompts, passes)
+
+
+def bench_record(cfg: VllmBenchConfig, prompts: list[PromptRecord], passes: dict[str, list[MethodPass]]) -> dict:
+    """The JSON-ready record of every method's passes (the same number for each)."""
+    estimates = rate_estimates({name: _cells(runs, cfg.concurrency) for name, runs in passes.items()},
+                               plain=[BASE], versus="eagle2" if "eagle2" in passes else None)
+    reference = passes[BASE][0].token_ids
     record_methods = {}
-    for name, run in runs.items():
-        tokens = sum(len(ids) for ids in run.token_ids)
-        mismatched = [p.line for p, ids, ref in zip(prompts, run.token_ids, base.token_ids) if ids != ref]
+    for name, runs in passes.items():
+        counters = runs[0].counters
+        for run in runs[1:]:
+            counters = counters.plus(run.counters)
+        mismatched = sorted({p.line for run in runs for p, ids, ref in zip(prompts, run.token_ids, reference)
+                             if ids != ref})
+        rate, speedup = estimates.rates[name], estimates.speedups[name]
         entry: dict[str, Any] = {
-            "tau": run.tau, "tokens_per_s": tokens / run.seconds,
-            "speedup": (tokens / run.seconds) / (sum(len(i) for i in base.token_ids) / base.seconds),
+            "tau": counters.tau, "tokens_per_s": rate.value, "tokens_per_s_ci": rate.to_list(),
+            "speedup": speedup.value, "speedup_ci": speedup.to_list(),
             "mismatches": len(mismatched), "mismatched_lines": mismatched,
-            "acceptance_by_depth": run.acceptance_by_depth, "num_tokens": tokens, "generations": len(prompts),
-            "total_s": run.seconds,
+            "acceptance_by_depth": [a / counters.drafts for a in counters.accepted_per_position]
+            if counters.drafts else [],
+            "num_tokens": sum(len(ids) for run in runs for ids in run.token_ids),
+            "generations": len(prompts) * len(runs), "total_s": sum(run.seconds for run in runs),
         }
+        if name in estimates.relative:
+            entry["vs_eagle2"] = estimates.relative[name].value
+            entry["vs_eagle2_ci"] = estimates.relative[name].to_list()
         if cfg.concurrency > 1:
-            entry["latency_s"] = {"median": statistics.median(run.latencies),
-                                  "p90": sorted(run.latencies)[int(0.9 * (len(run.latencies) - 1))]}
+            latencies = sorted(t for run in runs for t in run.latencies)
+            entry["latency_s"] = {"median": statistics.median(latencies),
+                                  "p90": latencies[int(0.9 * (len(latencies) - 1))]}
         record_methods[name] = entry
+    first = {name: runs[0] for name, runs in passes.items()}
     return {
-        "config": {"engine": "vllm", **asdict(cfg), "methods": list(methods), "num_prompts": len(prompts)},
+        "config": {"engine": "vllm", **asdict(cfg), "methods": list(passes), "num_prompts": len(prompts)},
         "methods": record_methods,
         "prompts": [
             {"line": p.line, "image": str(p.image_path), "prompt": p.prompt, "category": p.category,
-             "prompt_tokens": base.prompt_tokens[i],
+             "prompt_tokens": first[BASE].prompt_tokens[i],
              "outputs": {name: {"text": run.texts[i], "token_ids": run.token_ids[i],
-                                "num_tokens": len(run.token_ids[i])} for name, run in runs.items()}}
+                                "num_tokens": len(run.token_ids[i])} for name, run in first.items()}}
             for i, p in enumerate(prompts)
         ],
     }
 
 
-def _run_method(cfg: VllmBenchConfig, method: str, prompts: list[PromptRecord]) -> _MethodRun:
+def _cells(runs: list[MethodPass], concurrency: int) -> Cells:
+    """tokens / seconds [n, R]: per prompt and pass with one request at a time, else [1, R] per pass."""
+    if concurrency == 1:
+        tokens = [[len(ids) for ids in run.token_ids] for run in runs]
+        seconds = [run.latencies for run in runs]
+    else:
+        tokens = [[sum(len(ids) for ids in run.token_ids)] for run in runs]
+        seconds = [[run.seconds] for run in runs]
+    return Cells(np.array(tokens, dtype=float).T, np.array(seconds, dtype=float).T)
+
+
+def _run_method(cfg: VllmBenchConfig, method: str, prompts: list[PromptRecord]) -> MethodPass:
     from vllm import SamplingParams
 
     # max_num_seqs = concurrency: vLLM then runs exactly that many requests at once, the rest wait.
@@ -111,9 +155,8 @@ def _run_method(cfg: VllmBenchConfig, method: str, prompts: list[PromptRecord]) 
         counters = spec_counters(llm).minus(before)
     finally:
         close_llm(llm)
-    by_depth = [a / counters.drafts for a in counters.accepted_per_position] if counters.drafts else []
-    return _MethodRun([list(o.outputs[0].token_ids) for o in outputs], [o.outputs[0].text for o in outputs],
-                      [len(o.prompt_token_ids) for o in outputs], seconds, latencies, counters.tau, by_depth)
+    return MethodPass([list(o.outputs[0].token_ids) for o in outputs], [o.outputs[0].text for o in outputs],
+                      [len(o.prompt_token_ids) for o in outputs], seconds, latencies, counters)
 
 
 def _latency(output: Any) -> float:
@@ -127,9 +170,14 @@ def _latency(output: Any) -> float:
 
 def format_table(record: dict) -> str:
     """The terminal table of a run_vllm_bench record."""
-    rows = ["method    tau   tok/s  speedup  mismatches"]
+    rows = ["method    tau   tok/s [95 % CI]       speedup [95 % CI]      vs eagle2 [95 % CI]    mismatches"]
     for name, m in record["methods"].items():
-        rows.append(f"{name:<8} {m['tau']:5.2f} {m['tokens_per_s']:7.1f} {m['speedup']:7.2f}x {m['mismatches']:>6}")
+        rate, speedup = m["tokens_per_s_ci"], m["speedup_ci"]
+        versus = "-"
+        if "vs_eagle2" in m:
+            versus = f"{m['vs_eagle2']:.2f}x [{m['vs_eagle2_ci'][0]:.2f}, {m['vs_eagle2_ci'][1]:.2f}]"
+        rows.append(f"{name:<8} {m['tau']:5.2f} {m['tokens_per_s']:5.1f} [{rate[0]:.1f}, {rate[1]:.1f}]  "
+                    f"{m['speedup']:5.2f}x [{speedup[0]:.2f}, {speedup[1]:.2f}]  {versus:<21} {m['mismatches']:>6}")
         if "latency_s" in m:
             rows[-1] += f"   latency median {m['latency_s']['median']:.2f}s p90 {m['latency_s']['p90']:.2f}s"
     return "\n".join(rows)

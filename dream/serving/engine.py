@@ -110,6 +110,14 @@ class SpecCounters:
         return SpecCounters(self.drafts - earlier.drafts, self.draft_tokens - earlier.draft_tokens,
                             self.accepted - earlier.accepted, per_pos)
 
+    def plus(self, other: SpecCounters) -> SpecCounters:
+        """The counts of two runs together (engines with the same chain length)."""
+        width = max(len(self.accepted_per_position), len(other.accepted_per_position))
+        per_pos = tuple(sum(c.accepted_per_position[i] for c in (self, other) if i < len(c.accepted_per_position))
+                        for i in range(width))
+        return SpecCounters(self.drafts + other.drafts, self.draft_tokens + other.draft_tokens,
+                            self.accepted + other.accepted, per_pos)
+
     @property
     def tau(self) -> float:
         """Mean tokens emitted per verification step, the bonus token included (the harness's tau)."""

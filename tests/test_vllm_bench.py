@@ -1,0 +1,78 @@
+"""`dream bench --engine vllm` bookkeeping, without vLLM: passes on fresh engines in rotated order, the
+record's rates and intervals from prompt x pass cells, mismatches over every pass, summed counters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import dream.serving.bench as vllm_bench
+from dream.bench.prompts import PromptRecord
+from dream.cli import main
+from dream.serving.bench import MethodPass, VllmBenchConfig, format_table, run_vllm_bench
+from dream.serving.engine import EngineConfig, SpecCounters
+
+PROMPTS = [PromptRecord(i + 1, Path(f"{i}.png"), Image.new("RGB", (4, 4)), f"q{i}", "kind", None) for i in range(3)]
+# seconds per token of each method: dream twice as fast as base, eagle2 in between
+SPEED = {"base": 0.1, "ngram": 0.08, "eagle2": 0.0625, "dream": 0.05}
+
+
+def fake_pass(method: str, pass_index: int) -> MethodPass:
+    token_ids = [[7] * (4 + i) for i in range(len(PROMPTS))]
+    if method == "ngram" and pass_index == 1:
+        token_ids[2] = [8] * 6                                     # one mismatch, in the second pass only
+    latencies = [len(ids) * SPEED[method] for ids in token_ids]
+    drafted = method in ("eagle2", "dream")
+    counters = SpecCounters(drafts=10 if drafted else 0, draft_tokens=20 if drafted else 0,
+                            accepted=10 if drafted else 0, accepted_per_position=(6, 4) if drafted else ())
+    return MethodPass(token_ids, ["x"] * len(PROMPTS), [5] * len(PROMPTS), sum(latencies), latencies, counters)
+
+
+@pytest.fixture
+def engines(monkeypatch) -> list[str]:
+    """The methods in the order their engines were started."""
+    started: list[str] = []
+
+    def run_method(cfg, method, prompts):
+        started.append(method)
+        return fake_pass(method, started.count(method) - 1)
+
+    monkeypatch.setattr(vllm_bench, "_run_method", run_method)
+    return started
+
+
+def test_passes_rotate_and_the_record_has_intervals(engines):
+    cfg = VllmBenchConfig(EngineConfig(target="t"), repeats=3, drafts={"eagle2": "e", "dream": "d"})
+    record = run_vllm_bench(cfg, PROMPTS)
+    assert engines == ["base", "ngram", "eagle2", "dream", "ngram", "eagle2", "dream", "base",
+                       "eagle2", "dream", "base", "ngram"]
+    methods = record["methods"]
+    assert methods["dream"]["speedup"] == pytest.approx(2.0)
+    assert methods["dream"]["vs_eagle2"] == pytest.approx(1.25)
+    assert methods["dream"]["tokens_per_s_ci"] == pytest.approx([20.0, 20.0])      # no noise, no width
+    assert methods["base"]["speedup_ci"] == pytest.approx([1.0, 1.0])
+    assert methods["dream"]["tau"] == pytest.approx(2.0)                            # 1 + 30 / 30 over passes
+    assert methods["dream"]["acceptance_by_depth"] == pytest.approx([0.6, 0.4])
+    assert methods["ngram"]["mismatches"] == 1 and methods["ngram"]["mismatched_lines"] == [3]
+    assert methods["dream"]["generations"] == 9 and record["config"]["repeats"] == 3
+    assert record["prompts"][2]["outputs"]["ngram"]["token_ids"] == [7] * 6          # the first pass
+    assert "dream" in format_table(record) and "1.25x" in format_table(record)
+
+
+def test_several_in_flight_make_one_cell_per_pass(engines):
+    cfg = VllmBenchConfig(EngineConfig(target="t"), concurrency=4, repeats=2)
+    record = run_vllm_bench(cfg, PROMPTS, ("base", "ngram"))
+    assert record["methods"]["ngram"]["speedup"] == pytest.approx(1.25)
+    assert "latency_s" in record["methods"]["base"] and "vs_eagle2" not in record["methods"]["base"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["--plot", "x.png"], "--engine vllm does not take --plot"),
+])
+def test_vllm_bench_user_errors_are_one_line(args, message, engines, capsys):
+    assert main(["bench", "--engine", "vllm", "--target", "smolvlm-135m", *args]) != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and engines == []
