@@ -22,6 +22,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,7 @@ def bench_record(cfg: VllmBenchConfig, prompts: list[PromptRecord], passes: dict
     reference = passes[BASE][0].token_ids
     record_methods = {}
     for name, runs in passes.items():
-        counters = runs[0].counters
-        for run in runs[1:]:
-            counters = counters.plus(run.counters)
+        counters = reduce(SpecCounters.plus, (run.counters for run in runs))
         mismatched = sorted({p.line for run in runs for p, ids, ref in zip(prompts, run.token_ids, reference)
                              if ids != ref})
         rate, speedup = estimates.rates[name], estimates.speedups[name]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -112,9 +113,8 @@ class SpecCounters:
 
     def plus(self, other: SpecCounters) -> SpecCounters:
         """The counts of two runs together (engines with the same chain length)."""
-        width = max(len(self.accepted_per_position), len(other.accepted_per_position))
-        per_pos = tuple(sum(c.accepted_per_position[i] for c in (self, other) if i < len(c.accepted_per_position))
-                        for i in range(width))
+        per_pos = tuple(a + b for a, b in zip_longest(self.accepted_per_position, other.accepted_per_position,
+                                                      fillvalue=0))
         return SpecCounters(self.drafts + other.drafts, self.draft_tokens + other.draft_tokens,
                             self.accepted + other.accepted, per_pos)
 
