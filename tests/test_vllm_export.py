@@ -47,7 +47,8 @@ def test_a_plain_config_is_not_an_exported_draft():
 
 
 def test_checkpoint_fingerprint_matches_the_shipped_drafts_target():
-    from dream.serving.fingerprint import check_draft_for_target, checkpoint_fingerprint
+    from dream.serving.fingerprint import check_draft_for_target
+    from dream.target.identity import checkpoint_fingerprint
     from dream.zoo.build import resolve_target
 
     target = resolve_target("smolvlm-135m")

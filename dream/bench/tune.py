@@ -46,6 +46,7 @@ from dream.metrics import aggregate
 from dream.proposer import AcceptedStep, PrefillRequest, PromptState, Proposer
 from dream.sampling import SamplingConfig, target_probs
 from dream.target import TargetAdapter, TargetInputs
+from dream.target.identity import check_same_target
 from dream.tree import Tree, TreeConfig, tree_from_parents
 from dream.verify import verify_greedy, verify_sampling
 
@@ -122,8 +123,7 @@ def reuse_tune(source: Path, target: TargetAdapter, methods: Sequence[Method],
         raise ValueError(f"--tree {source}: not the JSON of a dream bench run ({err})") from None
     if config.get("tree") != "auto" or not record:
         raise ValueError(f"--tree {source}: that run did not use --tree auto, so it chose no shapes")
-    if config.get("target_fingerprint") != target.fingerprint():
-        raise ValueError(f"--tree {source}: its shapes were tuned for another target")
+    check_same_target(config.get("target_fingerprint") or {}, target.fingerprint(), "bench run", source)
     dev_file = Path(record["dev_prompts_file"])
     if not dev_file.is_file() or hashlib.sha256(dev_file.read_bytes()).hexdigest() != record["dev_prompts_sha256"]:
         raise ValueError(f"--tree {source}: its dev prompts {dev_file} are missing or changed since")

@@ -26,6 +26,7 @@ from dream.draft.eagle_model import Eagle2Draft
 from dream.draft.head import target_head
 from dream.training.entropy import LayerWindow
 from dream.jsonfile import read_tagged_json
+from dream.target.identity import check_same_target
 
 FORMAT = "dream-draft"
 FORMAT_VERSION = 1
@@ -110,7 +111,7 @@ def load_draft(path: str | Path, target: Any, *, dtype: torch.dtype = torch.floa
     """Load a draft for `target` (a TargetAdapter): refuses a checkpoint trained against another target."""
     path = Path(path)
     config = read_draft_config(path)
-    check_fingerprint(config["target"], target.fingerprint())
+    check_same_target(config["target"], target.fingerprint(), "draft", path)
     draft_config = DraftConfig.from_dict(config["draft"])
     window = None if config["layer_window"] is None else LayerWindow.from_dict(config["layer_window"])
     draft = build_draft(draft_config)
@@ -118,18 +119,6 @@ def load_draft(path: str | Path, target: Any, *, dtype: torch.dtype = torch.floa
     draft = draft.to(device=target_device(target), dtype=dtype).eval()     # the draft runs where the target does
     draft.bind_head(target_head(target))
     return DraftCheckpoint(draft, window, config["training"], config["target"], config["dtype"])
-
-
-def check_fingerprint(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Raise ValueError naming every field where the checkpoint's target and this target differ."""
-    current = json.loads(json.dumps(current))    # the saved side went through JSON (tuples became lists)
-    diffs = [
-        f"{key}: checkpoint {saved.get(key)!r} != target {current.get(key)!r}"
-        for key in sorted(set(saved) | set(current))
-        if saved.get(key) != current.get(key)
-    ]
-    if diffs:
-        raise ValueError("draft was trained against a different target: " + "; ".join(diffs))
 
 
 def _read_weights(file: Path, draft: DraftModel) -> dict[str, torch.Tensor]:

@@ -50,6 +50,7 @@ from vllm.model_executor.models.utils import _merge_multimodal_embeddings, get_d
 from dream.draft.blocks import llama_config
 from dream.draft.config import DraftConfig
 from dream.serving.export import ExportedConfig, read_exported_config
+from dream.target.identity import check_same_target
 
 # Checkpoint tensor name fragment -> (vLLM parameter fragment, shard id) for vLLM's fused projections.
 _STACKED = {
@@ -321,7 +322,4 @@ def check_target(exported: ExportedConfig, vllm_config: VllmConfig) -> None:
         "num_layers": text.num_hidden_layers,
         "vocab_size": model_config.get_vocab_size(),
     }
-    diffs = [f"{k}: draft {exported.target.get(k)!r} != target {v!r}" for k, v in current.items()
-             if exported.target.get(k) != v]
-    if diffs:
-        raise ValueError(f"draft {exported.source} was trained against a different target: " + "; ".join(diffs))
+    check_same_target(exported.target, current, "draft", exported.source)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from .attention import ATTENTION_NAME, StatsRecorder, recording, register_dream_
 from .cache import TargetCache, keep_tree_entries
 from .exact import depth_groups, exact_tree
 from .families import Family, family_of
+from .identity import target_fingerprint
 from .inputs import InputBuilder, TargetInputs, processor_chat_template
 from .masks import TreeLayout, tree_attention
 
@@ -220,18 +220,8 @@ class TargetAdapter:
         return logits
 
     def fingerprint(self) -> dict:
-        """Identity of the target a draft was trained against. The head hash is taken over the bf16-rounded
-        weight, so the same checkpoint loaded in fp32 or bf16 has the same fingerprint."""
-        weight = self.model.get_output_embeddings().weight.detach().to("cpu", torch.bfloat16).contiguous()
-        digest = hashlib.sha256(weight.view(torch.int16).numpy().tobytes()).hexdigest()[:16]
-        return {
-            "model_type": self.model.config.model_type,
-            "family": self.family,
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers,
-            "lm_head_sha256": digest,
-        }
+        """Identity of the target a draft was trained against (dream.target.identity)."""
+        return target_fingerprint(self)
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:

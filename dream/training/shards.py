@@ -10,7 +10,6 @@ lists the shards and records the target fingerprint and the settings. Written by
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,15 +63,6 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{file}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
     return manifest
-
-
-def check_target(manifest: dict[str, Any], fingerprint: dict[str, Any], directory: str | Path) -> None:
-    """ValueError naming every fingerprint field where the shards' target and this target differ."""
-    saved, current = manifest["target"], json.loads(json.dumps(fingerprint))
-    diffs = [f"{k}: shards {saved.get(k)!r} != target {current.get(k)!r}"
-             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
-    if diffs:
-        raise ValueError(f"shards in {directory} were made from a different target: " + "; ".join(diffs))
 
 
 # Datagen settings that change no sample: directories that differ only in these may be trained on together.

@@ -31,11 +31,12 @@ from transformers import get_linear_schedule_with_warmup
 
 from dream.training.distributed import Distributed, init_distributed
 from dream.target import load_target
+from dream.target.identity import check_same_target
 from dream.draft import DraftConfig, DraftModel, build_draft, frequent_vocab_map, save_draft, target_head
 from dream.settings import DEFAULT_DTYPE, resolve_dtype_name
 from dream.training.entropy import LayerWindow
 from dream.training.losses import LossWeights
-from dream.training.shards import ShardDataset, check_target
+from dream.training.shards import ShardDataset
 from dream.training.datagen import check_output_dir
 from dream.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from dream.training.loop import (
@@ -145,7 +146,7 @@ class _Run:
         self.dataset = ShardDataset(*data_dirs)
         self.target = load_target(target_path, cfg.dtype, ctx.device)
         self.fingerprint = self.target.fingerprint()
-        check_target(self.dataset.manifest, self.fingerprint, data_dirs[0])
+        check_same_target(self.dataset.manifest["target"], self.fingerprint, "shards", data_dirs[0])
         self.window = LayerWindow.from_dict(self.dataset.manifest["settings"]["layer_window"])
         if cfg.batch_size % ctx.world_size:
             raise ValueError(f"--batch-size {cfg.batch_size} (global) is not divisible by {ctx.world_size} processes")
@@ -289,8 +290,7 @@ class _Run:
         diffs = [f"{k}: checkpoint {saved.get(k)!r} != now {now[k]!r}" for k in sorted(now) if saved.get(k) != now[k]]
         if diffs:
             raise ValueError(f"--resume {path}: settings differ: " + "; ".join(diffs))
-        if state["target"] != json.loads(json.dumps(self.fingerprint)):
-            raise ValueError(f"--resume {path}: the checkpoint was trained against a different target")
+        check_same_target(state["target"], self.fingerprint, "checkpoint", path)
         self.draft.load_state_dict(state["model"])
         self.draft.bind_head(target_head(self.target))     # the loaded vocab_map selects the head rows
         self.optimizer.load_state_dict(state["optimizer"])
