@@ -11,7 +11,7 @@ import zlib
 import pytest
 import torch
 from fixtures import FAMILIES, VLM_FAMILIES, open_draft, stock_model, tiny_image
-from test_engine import TREES, OracleProposer, RandomProposer, hf_greedy
+from proposers import TREES, OracleProposer, RandomProposer, hf_greedy
 
 from dream.draft import DraftConfig, DraftProposer, build_draft
 from dream.engine import generate
