@@ -11,7 +11,7 @@ import torch
 from dream.cli import main as cli_main
 from dream.training.data import conversation_inputs, load_images, load_llava_json
 from dream.training.entropy import LayerWindow, entropy_report
-from test_datagen import write_dataset
+from llava_data import write_dataset
 
 
 def test_report_json_plot_and_table(tiny_target_path, tiny_target, tmp_path, capsys):

@@ -24,7 +24,7 @@ from dream.training.train import TrainConfig, train
 from dream.training.checkpoint import list_checkpoints, load_checkpoint
 from dream.tree import TreeConfig
 from fixtures import build_tiny_target
-from test_datagen import make_config, write_dataset
+from llava_data import make_config, write_dataset
 
 FAST = dict(batch_size=4, lr=3e-3, warmup=3, val_fraction=0.25, noise=0.05, dtype="fp32")
 
