@@ -1,4 +1,5 @@
-"""The vLLM plugin on the offline smolvlm-135m target, fp32, with images (skipped without vLLM).
+"""The vLLM plugin on the offline smolvlm-135m target, fp32, with images (skipped without vLLM, failed under
+CI=true).
 
 One engine per method, run in this process (enforce_eager: no compile), on two held-out prompts:
 - the draft class inside vLLM computes what the harness's draft computes on the same inputs, and those
@@ -16,7 +17,9 @@ from typing import Any
 import pytest
 import torch
 
-pytest.importorskip("vllm")
+from optional import require
+
+require("vllm")
 
 from safetensors.torch import load_file  # noqa: E402
 

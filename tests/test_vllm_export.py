@@ -13,6 +13,7 @@ from transformers import AutoConfig
 from dream.draft import DraftConfig, read_draft_config
 from dream.methods import SHIPPED_DRAFTS
 from dream.serving.export import DRAFT_ARCHITECTURE, export_for_vllm, exported_draft, read_exported_config
+from optional import require
 
 
 @pytest.mark.parametrize("name", ["dream", "eagle2"])
@@ -71,7 +72,7 @@ def test_a_draft_for_another_target_is_refused(tmp_path):
 
 
 def test_the_plugin_draft_refuses_another_targets_shape():
-    pytest.importorskip("vllm")
+    require("vllm")
     from dream.serving.draft_model import check_target
 
     exported = read_exported_config(json.loads(json.dumps(
@@ -95,7 +96,7 @@ def export_config(source):
 def test_requirements_drop_the_cuda_built_packages():
     from dream.serving.requirements import vllm_requirements
 
-    pytest.importorskip("vllm")
+    require("vllm")
     lines = vllm_requirements()
     names = {line.split(";")[0].split("<")[0].split(">")[0].split("=")[0].split("!")[0].strip() for line in lines}
     assert {"torchvision", "torchaudio", "torchcodec"}.isdisjoint(names)

@@ -2,8 +2,8 @@
 
 A streamed chat completion with an image (data URL) returns the harness's greedy text and usage counts; a
 broken image gets a 400 and the next request still succeeds; a draft for another target is refused
-before vLLM starts, with one line. Skipped without vLLM, without the plugin's entry point, or while the
-CLI does not list `serve`.
+before vLLM starts, with one line. Skipped without vLLM (a failure under CI=true), without the plugin's
+entry point, or while the CLI does not list `serve`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from importlib.metadata import entry_points
 import pytest
 import torch
 
-pytest.importorskip("vllm")
+from optional import require
+
+require("vllm")
 
 from dream.bench.prompts import HELDOUT_PROMPTS, read_prompts, user_messages  # noqa: E402
 from dream.cli import COMMANDS  # noqa: E402
