@@ -2,8 +2,8 @@
 
 A streamed chat completion with an image (data URL) returns the harness's greedy text and usage counts; a
 broken image gets a 400 and the next request still succeeds; a draft for another target is refused
-before vLLM starts, with one line. Skipped without vLLM (a failure under CI=true), without the plugin's
-entry point, or while the CLI does not list `serve`.
+before vLLM starts, with one line. Skipped without vLLM (a failure under CI=true) or without the plugin's
+entry point.
 """
 
 from __future__ import annotations
@@ -26,14 +26,12 @@ from optional import require
 require("vllm")
 
 from dream.bench.prompts import HELDOUT_PROMPTS, read_prompts, user_messages  # noqa: E402
-from dream.cli import COMMANDS  # noqa: E402
 from dream.engine import generate  # noqa: E402
 from dream.methods import SHIPPED_DRAFTS  # noqa: E402
 from dream.target import TargetAdapter  # noqa: E402
 from dream.zoo.build import resolve_target  # noqa: E402
 
 pytestmark = [
-    pytest.mark.skipif("serve" not in COMMANDS, reason="dream serve is not in dream.cli.COMMANDS yet"),
     pytest.mark.skipif(not any(ep.value.startswith("dream.serving.plugin")
                                for ep in entry_points(group="vllm.general_plugins")),
                        reason="the dream vLLM plugin entry point is not installed (pip install -e .)"),
