@@ -5,7 +5,7 @@
   resolve_target(name_or_path) -> Path a zoo name (built if needed) or an existing directory
   check("smolvlm-135m", n_questions)   easy-vqa accuracy + "Describe this image." samples
 
-Training the shipped weights: `python -m dream.zoo.train_vision --help`.
+Training the shipped weights: `dream zoo train-vision --help` (dream/commands/zoo.py).
 """
 
 from dream.zoo.build import ZOO, cache_root, resolve_target
