@@ -1,7 +1,8 @@
 """The `dream` command: a thin parser over library functions; nothing runs at import.
 
-Each subcommand lives in the module that owns the concept and exposes `add_arguments(parser)` and
-`run(args) -> int`. User errors (ValueError, FileNotFoundError) become one line on stderr and exit 2.
+COMMANDS maps each subcommand to its module in dream/commands/ (argparse wrappers over library functions;
+shared flags in dream/commands/common.py), which exposes `add_arguments(parser)` and `run(args) -> int`.
+User errors (ValueError, FileNotFoundError) become one line on stderr and exit 2.
 """
 
 from __future__ import annotations
