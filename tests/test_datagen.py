@@ -21,7 +21,8 @@ import dream.training.datagen as datagen_module
 from dream.training.datagen import generate_batch, parse_layer_window, run_datagen
 from dream.engine import generate
 from dream.target import TargetAdapter
-from dream.training.entropy import LayerWindow, attention_entropy
+from dream.draft.config import LayerWindow
+from dream.training.entropy import attention_entropy
 from dream.training.shards import ShardDataset
 from llava_data import make_config, write_dataset
 from fixtures import stock_model, tiny_image

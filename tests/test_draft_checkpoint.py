@@ -20,7 +20,7 @@ from dream.draft import (
     save_draft,
 )
 from dream.engine import generate
-from dream.training.entropy import LayerWindow
+from dream.draft.config import LayerWindow
 from dream.tree import TreeConfig
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from dream.draft.config import LayerWindow
 from dream.training.entropy import (
-    LayerWindow,
     attention_entropy,
     entropy_report,
     gather_supervision,

@@ -10,7 +10,8 @@ import torch
 
 from dream.cli import main as cli_main
 from dream.training.data import conversation_inputs, load_images, load_llava_json
-from dream.training.entropy import LayerWindow, entropy_report
+from dream.draft.config import LayerWindow
+from dream.training.entropy import entropy_report
 from llava_data import write_dataset
 
 

@@ -7,7 +7,7 @@ import argparse
 from dream.commands.common import add_device_argument, add_dtype_argument, add_max_new_tokens_argument, add_target_argument
 from dream.settings import DTYPES
 from dream.training.datagen import DatagenConfig, parse_layer_window, run_datagen
-from dream.training.entropy import LayerWindow
+from dream.draft.config import LayerWindow
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -24,7 +24,8 @@ from dream.commands.common import add_device_argument, add_dtype_argument, add_t
 from dream.target import TargetAdapter, load_target
 from dream.training.data import Conversation, conversation_inputs, load_images, load_llava_json
 from dream.training.datagen import parse_layer_window
-from dream.training.entropy import EntropyReport, LayerWindow, entropy_report, plot_entropy_report
+from dream.draft.config import LayerWindow
+from dream.training.entropy import EntropyReport, entropy_report, plot_entropy_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

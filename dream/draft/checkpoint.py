@@ -20,11 +20,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dream.draft.base import DraftModel
-from dream.draft.config import DraftConfig
+from dream.draft.config import DraftConfig, LayerWindow
 from dream.draft.dream_model import DreamDraft
 from dream.draft.eagle_model import Eagle2Draft
 from dream.draft.head import target_head
-from dream.training.entropy import LayerWindow
 from dream.jsonfile import read_tagged_json
 from dream.target.identity import check_same_target
 

@@ -55,7 +55,8 @@ from dream.training.data import (
     prompt_inputs,
 )
 from dream.training.distributed import init_distributed
-from dream.training.entropy import LayerWindow, gather_supervision, select_layers
+from dream.draft.config import LayerWindow
+from dream.training.entropy import gather_supervision, select_layers
 from dream.training.shards import FORMAT_VERSION, MANIFEST, MANIFEST_FORMAT, SHARD_TENSORS, ShardWriter
 from dream.settings import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DTYPES, resolve_dtype_name
 from dream.target import TargetAdapter, TargetInputs, load_target

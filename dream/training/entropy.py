@@ -23,39 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class LayerWindow:
-    start: int = 0                    # first candidate layer (0-based)
-    stop: int | None = None           # one past the last candidate layer; None = all layers
-    static_layer: int | None = None   # set: every token uses this layer (the paper's static ablation)
-
-    def __post_init__(self) -> None:
-        if self.start < 0 or (self.stop is not None and self.stop <= self.start):
-            raise ValueError(f"layer window needs 0 <= start < stop, got [{self.start}, {self.stop})")
-        if self.static_layer is not None and self.static_layer < 0:
-            raise ValueError(f"static_layer must be >= 0, got {self.static_layer}")
-
-    def candidates(self, num_layers: int) -> range:
-        """The layers a token may be supervised by, checked against the target's depth."""
-        if self.static_layer is not None:
-            if self.static_layer >= num_layers:
-                raise ValueError(f"static_layer {self.static_layer} >= the target's {num_layers} layers")
-            return range(self.static_layer, self.static_layer + 1)
-        stop = num_layers if self.stop is None else self.stop
-        if stop > num_layers:
-            raise ValueError(f"layer window [{self.start}, {stop}) exceeds the target's {num_layers} layers")
-        return range(self.start, stop)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LayerWindow:
-        unknown = sorted(set(data) - {"start", "stop", "static_layer"})
-        if unknown:
-            raise ValueError(f"unknown layer window keys: {unknown}")
-        return cls(**data)
+from dream.draft.config import LayerWindow
 
 
 def attention_entropy(attention: Tensor) -> Tensor:

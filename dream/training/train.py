@@ -33,8 +33,8 @@ from dream.training.distributed import Distributed, init_distributed
 from dream.target import load_target
 from dream.target.identity import check_same_target
 from dream.draft import DraftConfig, DraftModel, build_draft, frequent_vocab_map, save_draft, target_head
+from dream.draft.config import LayerWindow
 from dream.settings import DEFAULT_DTYPE, resolve_dtype_name
-from dream.training.entropy import LayerWindow
 from dream.training.losses import LossWeights
 from dream.training.shards import ShardDataset
 from dream.training.datagen import check_output_dir
