@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "entropy": ("dream.commands.entropy", "report attention entropy by target layer over a dataset"),
     "zoo": ("dream.commands.zoo", "build or check the offline targets"),
     "serve": ("dream.commands.serve", "serve a target with a draft through vLLM's OpenAI-compatible server"),
+    "export": ("dream.commands.export", "write a draft as a folder vLLM loads as its speculator (with the plugin)"),
     "demo": ("dream.commands.demo", "the main job: build the offline target, run a short side-by-side benchmark"),
 }
 

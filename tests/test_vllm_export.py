@@ -1,4 +1,5 @@
-"""Draft export for vLLM, the checkpoint fingerprint and the requirements filter (no engine; mostly no vLLM)."""
+"""Draft export for vLLM (`dream export` included), the checkpoint fingerprint and the requirements filter (no
+engine; mostly no vLLM)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,16 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
+from dream.cli import main
 from dream.draft import DraftConfig, read_draft_config
 from dream.methods import SHIPPED_DRAFTS
-from dream.serving.export import DRAFT_ARCHITECTURE, export_for_vllm, exported_draft, read_exported_config
+from dream.serving.export import (
+    DRAFT_ARCHITECTURE,
+    export_draft,
+    export_for_vllm,
+    exported_draft,
+    read_exported_config,
+)
 from optional import require
 
 
@@ -29,6 +37,71 @@ def test_export_reads_back_as_the_same_draft(tmp_path, name):
     assert config.hidden_size == exported.draft.hidden_size and config.vocab_size == exported.draft.vocab_size
     weights, original = load_file(str(out / "model.safetensors")), load_file(str(source / "model.safetensors"))
     assert weights.keys() == original.keys() and all(torch.equal(weights[k], original[k]) for k in weights)
+
+
+def test_dream_export_writes_the_folder_vllm_loads(tmp_path, capsys):
+    out = tmp_path / "exports" / "dream-vllm"
+    assert main(["export", "dream", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    config = AutoConfig.from_pretrained(out)         # what vLLM's --speculative-config '{"model": OUT}' reads
+    assert config.architectures == [DRAFT_ARCHITECTURE]
+    assert read_exported_config(config).draft == DraftConfig.from_dict(
+        read_draft_config(SHIPPED_DRAFTS / "dream")["draft"])
+    assert (out / "model.safetensors").read_bytes() == (SHIPPED_DRAFTS / "dream" / "model.safetensors").read_bytes()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["dream-vllm"]     # no temporary folder left
+
+
+def test_dream_export_fills_an_empty_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["export", str(SHIPPED_DRAFTS / "eagle2"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def _not_a_draft(tmp_path):
+    folder = tmp_path / "target"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "idefics3"}')
+    (folder / "model.safetensors").write_bytes(b"")
+    return folder
+
+
+def _an_export(tmp_path):
+    return export_for_vllm(SHIPPED_DRAFTS / "dream", tmp_path / "exported")
+
+
+@pytest.mark.parametrize("draft, expected", [
+    (lambda tmp: tmp / "missing", "no such directory"),
+    (lambda tmp: SHIPPED_DRAFTS, "not a draft checkpoint directory (config.json missing)"),
+    (_not_a_draft, "is not a dream-draft config"),
+    (_an_export, "is not a dream-draft config"),
+])
+def test_dream_export_refuses_what_is_not_a_draft_in_one_line(tmp_path, capsys, draft, expected):
+    out = tmp_path / "out"
+    assert main(["export", str(draft(tmp_path)), "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and lines[0].startswith("dream export: error:")
+    assert not out.exists()
+
+
+def test_dream_export_refuses_a_folder_in_use_and_leaves_it_alone(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["export", "dream", "--out", str(out)]) == 2
+    assert "exists and is not an empty folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_failed_export_writes_nothing(tmp_path, monkeypatch):
+    def disk_full(*args):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("dream.serving.export.shutil.copyfile", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_draft(SHIPPED_DRAFTS / "dream", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_exported_draft_is_cached_by_content(tmp_path):

@@ -6,8 +6,10 @@ LlamaConfig-shaped config.json (sizes, rotary base) whose `architectures` names 
 with the full DraftConfig and the target fingerprint under `dream_draft`, and copies the weights unchanged
 (same tensor names, same dtype: the plugin maps them onto vLLM's fused layers when loading).
 
-`exported_draft(dir)` does this once per distinct checkpoint into the user's cache, so commands can take
-the draft directory itself.
+`export_draft(dir, out)` writes one to a folder of the user's choice (`dream export`), for plain vLLM:
+`vllm serve TARGET --speculative-config '{"method": "eagle", "model": "OUT", ...}'` with the plugin
+installed. `exported_draft(dir)` does it once per distinct checkpoint into the user's cache, so commands
+can take the draft directory itself.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,15 +55,34 @@ def export_for_vllm(draft_dir: str | Path, out_dir: str | Path) -> Path:
     return out
 
 
+def export_draft(draft_dir: str | Path, out_dir: str | Path) -> Path:
+    """Export `draft_dir` to `out_dir`, a new or empty folder: all of it or, on any error, nothing."""
+    draft_dir, out = Path(draft_dir), Path(out_dir)
+    _check_draft_files(draft_dir)
+    read_draft_config(draft_dir)          # validated before anything is written
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not an empty folder: choose a new one")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A temporary folder beside the final one (same file system), renamed once complete; mkdir, unlike
+    # tempfile.mkdtemp, keeps the umask's permissions, so whoever runs vLLM can read the export.
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        export_for_vllm(draft_dir, tmp)
+        tmp.rename(out)                   # replaces an empty folder
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
 def exported_draft(draft_dir: str | Path, cache_root: str | Path | None = None) -> Path:
     """The export of `draft_dir` in the cache (made on first use), keyed by the checkpoint's content."""
     draft_dir = Path(draft_dir).resolve()
+    _check_draft_files(draft_dir)
     digest = hashlib.sha256()
     for name in (CONFIG_FILE, WEIGHTS_FILE):
-        file = draft_dir / name
-        if not file.is_file():
-            raise ValueError(f"{draft_dir} is not a draft checkpoint directory ({name} missing)")
-        digest.update(file.read_bytes())
+        digest.update((draft_dir / name).read_bytes())
     digest.update(f"{EXPORT_FORMAT}/{EXPORT_VERSION}".encode())
     root = Path(cache_root) if cache_root is not None else _default_cache_root()
     out = root / digest.hexdigest()[:16]
@@ -83,11 +105,19 @@ def read_exported_config(hf_config: Any) -> ExportedConfig:
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
         raise ValueError(
             f"not an exported dream draft (no '{CONFIG_KEY}' entry of format {EXPORT_FORMAT}): "
-            "run `dream export --draft DIR --out DIR` or pass the draft directory to dream serve / bench"
+            "run `dream export DRAFT_DIR --out DIR` or pass the draft directory to dream serve / bench"
         )
     if data.get("format_version") != EXPORT_VERSION:
         raise ValueError(f"exported draft has format_version {data.get('format_version')}, expected {EXPORT_VERSION}")
     return ExportedConfig(DraftConfig.from_dict(data["draft"]), dict(data["target"]), str(data["source"]))
+
+
+def _check_draft_files(draft_dir: Path) -> None:
+    if not draft_dir.is_dir():
+        raise FileNotFoundError(f"{draft_dir}: no such directory")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (draft_dir / name).is_file():
+            raise ValueError(f"{draft_dir} is not a draft checkpoint directory ({name} missing)")
 
 
 def _hf_config(cfg: DraftConfig, config: dict[str, Any], source: Path) -> dict[str, Any]:
