@@ -1,9 +1,11 @@
 """`dream serve` end to end: vLLM's OpenAI server with the shipped DREAM draft on smolvlm-135m (fp32, eager).
 
 A streamed chat completion with an image (data URL) returns the harness's greedy text and usage counts; a
-broken image gets a 400 and the next request still succeeds; a draft for another target is refused
-before vLLM starts, with one line. Skipped without vLLM (a failure under CI=true) or without the plugin's
-entry point.
+broken image gets a 400 and the next request still succeeds; so do an image over PIL's pixel limit, an
+unreachable or silent image host (one short try), a host off the allow-list, a file:// URL and an empty
+content list, each with a one-line message and no traceback in the log; a draft for another target is
+refused before vLLM starts, with one line. Every URL points at loopback (the server allows 127.0.0.1 only).
+Skipped without vLLM (a failure under CI=true) or without the plugin's entry point.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 from importlib.metadata import entry_points
 
 import pytest
@@ -38,6 +42,7 @@ pytestmark = [
 ]
 MAX_TOKENS = 32
 START_TIMEOUT_S = 600
+FETCH_TIMEOUT_S = 5        # dream serve's one try (vLLM's own default: tries of 5, 20 and 80 s)
 
 
 def _free_port() -> int:
@@ -56,8 +61,9 @@ def _post(port: int, body: dict) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
-def _chat(image: bytes, *, stream: bool) -> dict:
-    url = "data:image/png;base64," + base64.b64encode(image).decode()
+def _chat(image: bytes | str, *, stream: bool) -> dict:
+    """A chat request with an image given as bytes (sent as a data URL) or as a URL."""
+    url = image if isinstance(image, str) else "data:image/png;base64," + base64.b64encode(image).decode()
     body = {"model": "smolvlm-135m", "temperature": 0, "max_tokens": MAX_TOKENS, "stream": stream,
             "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                                       {"type": "text", "text": PROMPT.prompt}]}]}
@@ -70,13 +76,18 @@ PROMPT = read_prompts(HELDOUT_PROMPTS, limit=1)[0]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("serve") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(server_log):
     port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    with open(log, "w") as out:
+    with open(server_log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "dream.cli", "serve", "--target", "smolvlm-135m",
                                  "--draft", "dream", "--dtype", "fp32", "--enforce-eager", "--port", str(port),
-                                 "--max-model-len", "512", "--num-speculative-tokens", "3"],
+                                 "--max-model-len", "512", "--num-speculative-tokens", "3",
+                                 "--allowed-media-domains", "127.0.0.1"],
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -86,7 +97,7 @@ def server(tmp_path_factory):
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"dream serve did not start:\n{log.read_text()[-3000:]}")
+                    pytest.fail(f"dream serve did not start:\n{server_log.read_text()[-3000:]}")
                 time.sleep(2)
         yield port
     finally:
@@ -129,6 +140,83 @@ def test_an_over_long_request_is_a_400(server):
     body["messages"][0]["content"][1]["text"] = "describe " * 1000
     status, text = _post(server, body)
     assert status == 400, text
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height pixels and that holds none: PIL refuses it on opening."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)        # 1-bit grey
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def _assert_one_line_400(server: int, body: dict, expected: str) -> float:
+    """Post `body`; assert a 400 whose message holds `expected`, on one line; returns the seconds it took."""
+    start = time.monotonic()
+    status, text = _post(server, body)
+    elapsed = time.monotonic() - start
+    assert status == 400, text
+    message = json.loads(text)["error"]["message"]
+    assert expected in message and "\n" not in message
+    return elapsed
+
+
+def test_an_image_over_pils_pixel_limit_is_a_400(server):
+    _assert_one_line_400(server, _chat(_png_declaring(20_000, 20_000), stream=False), "exceeds limit of")
+
+
+def test_an_unreachable_image_url_is_a_400_after_one_try(server):
+    url = f"http://127.0.0.1:{_free_port()}/cat.png"                    # nothing listens there
+    elapsed = _assert_one_line_400(server, _chat(url, stream=False), "could not load the image")
+    assert elapsed < 4                      # no retries (vLLM's default sleeps 1 + 4 s between three tries)
+
+
+def test_a_silent_image_host_times_out_in_one_short_try(server):
+    with socket.socket() as listener:                                     # accepts, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/cat.png"
+        elapsed = _assert_one_line_400(server, _chat(url, stream=False), "timed out")
+    assert FETCH_TIMEOUT_S - 1 < elapsed < 2 * FETCH_TIMEOUT_S
+
+
+def test_a_host_off_the_allow_list_is_refused_before_fetching(server):
+    # localhost would resolve to loopback; the allow-list names 127.0.0.1 only, so it is refused unfetched.
+    url = f"http://localhost:{_free_port()}/cat.png"
+    _assert_one_line_400(server, _chat(url, stream=False), "allowed domains")
+
+
+def test_a_file_url_is_a_400(server):
+    _assert_one_line_400(server, _chat(PROMPT.image_path.resolve().as_uri(), stream=False),
+                         "file:// URLs are not read")
+
+
+def test_an_empty_content_list_is_a_400(server):
+    body = _chat(b"", stream=False)
+    body["messages"][0]["content"] = []
+    _assert_one_line_400(server, body, "messages[0].content is an empty list")
+
+
+def test_the_server_still_answers_after_the_bad_requests_and_logged_no_traceback(server, server_log):
+    body = _chat(b"", stream=False)
+    body["messages"][0]["content"] = [{"type": "text", "text": "Say hello."}]
+    body["max_tokens"] = 4
+    status, text = _post(server, body)
+    assert status == 200, text
+    assert "Traceback" not in server_log.read_text()        # vLLM logs one with every 500
+
+
+def test_remote_urls_are_refused_before_fetching_without_an_allow_list():
+    from vllm.exceptions import VLLMValidationError
+    from vllm.multimodal.media.image import ImageMediaIO
+
+    from dream.commands.serve import MEDIA_CONNECTOR
+    from dream.serving.guard import CONNECTOR_NAME, LocalMediaConnector
+
+    assert MEDIA_CONNECTOR == CONNECTOR_NAME
+    with pytest.raises(VLLMValidationError, match="remote image URLs are not fetched"):
+        LocalMediaConnector().load_from_url(f"http://127.0.0.1:{_free_port()}/cat.png", ImageMediaIO())
 
 
 def test_a_draft_for_another_target_is_refused_with_one_line(tmp_path):

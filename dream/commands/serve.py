@@ -1,12 +1,15 @@
 """`dream serve`: vLLM's OpenAI-compatible server for a target, with a dream draft as its speculator.
 
     dream serve --target smolvlm-135m --draft dream [--dtype auto|bf16|fp32] [--host 127.0.0.1] [--port 8000]
-                [--num-speculative-tokens 4]
+                [--num-speculative-tokens 4] [--allowed-media-domains DOMAIN ...]
 
 --draft: `dream` / `eagle2` (the shipped drafts), a draft checkpoint directory, `ngram` (vLLM's prompt
 lookup) or `none`. A draft trained against another target is refused before vLLM starts. The process
 becomes vLLM's server (exec), so signals and exit codes are vLLM's. Needs the vLLM environment (docs/vllm.md)
 and the dream plugin installed as an entry point (`pip install -e .`): vLLM's server processes load it.
+
+Images come inline as data: URLs; http(s) URLs are fetched only from the hosts --allowed-media-domains names
+(one try, redirects off), file:// URLs never. Bad requests get a one-line 400 (dream.serving.guard).
 """
 
 from __future__ import annotations
@@ -23,6 +26,13 @@ from dream.methods import SHIPPED_DRAFTS
 from dream.settings import resolve_device
 
 NO_DRAFT = ("none", "ngram")
+# Loaded into vLLM's API server: its --middleware imports dream.serving.guard, which registers the connector.
+GUARD_MIDDLEWARE = "dream.serving.guard.RejectEmptyContent"
+MEDIA_CONNECTOR = "dream-local"           # dream.serving.guard.CONNECTOR_NAME
+# vLLM's media fetch settings, unless the environment sets them: one try of at most 5 s in all (vLLM's
+# default retries three times with 5, 20 and 80 s), and no redirects, which could leave the allowed domains.
+MEDIA_FETCH_ENV = {"VLLM_MEDIA_FETCH_MAX_RETRIES": "1", "VLLM_IMAGE_FETCH_TIMEOUT": "5",
+                   "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-fraction", type=float, default=0.3,
                         help="vLLM's gpu_memory_utilization (on CPU: share of the memory node; default 0.3)")
     parser.add_argument("--enforce-eager", action="store_true", help="skip torch.compile (faster start)")
+    parser.add_argument("--allowed-media-domains", nargs="+", default=[], metavar="DOMAIN",
+                        help="hosts whose http(s) image URLs the server may fetch (default: none, data: URLs only)")
 
 
 def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
@@ -69,7 +81,10 @@ def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
         command += ["--speculative-config", json.dumps(spec)]
     if args.enforce_eager:
         command.append("--enforce-eager")
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    command += ["--middleware", GUARD_MIDDLEWARE]
+    if args.allowed_media_domains:
+        command += ["--allowed-media-domains", *args.allowed_media_domains]
+    env = {**MEDIA_FETCH_ENV, **os.environ, "HF_HUB_OFFLINE": "1", "VLLM_MEDIA_CONNECTOR": MEDIA_CONNECTOR}
     iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
     if iomp.is_file() and "libiomp5" not in env.get("LD_PRELOAD", ""):
         # vLLM's CPU backend asks for Intel OpenMP preloaded when speculating (cpu_worker.py's warning).
