@@ -57,7 +57,6 @@ from collections.abc import Callable
 
 import torch
 
-EXPAND_KERNEL = "vllm.v1.sample.rejection_sampler.expand_kernel"   # the Triton kernel's dispatcher name
 FIX_ENV = "DREAM_VLLM_CPU_SAMPLER_FIX"
 
 
@@ -103,8 +102,9 @@ def install(fixed: bool = True) -> None:
     (or put upstream's two back).
 
     Takes effect for every engine whose workers register the CPU overrides afterwards (each worker does,
-    at start); an engine already running keeps what it registered. Harmless where the CPU platform is not
-    used: the attribute is only read by `CpuPlatform.register_triton_kernel_overrides`.
+    at start, after the plugins ran); an engine already running keeps what it registered. Harmless where
+    the CPU platform is not used: that attribute is only read by `CpuPlatform.register_triton_kernel_overrides`,
+    and the guard changes nothing for a non-empty batch.
     """
     from vllm.utils import cpu_triton_utils
     from vllm.v1.sample.ops import topk_topp_sampler
@@ -114,13 +114,4 @@ def install(fixed: bool = True) -> None:
     cpu_triton_utils._expand_kernel_impl = expand_kernel_impl if fixed else _UPSTREAM["expand"]
     # apply_top_k_top_p_pytorch looks the name up in its module at each call: rebinding it is enough.
     topk_topp_sampler.apply_top_k_only = apply_top_k_only_guarded if fixed else _UPSTREAM["top_k_only"]
-    _reregister_if_already_overridden(cpu_triton_utils._expand_kernel_impl)
 
-
-def _reregister_if_already_overridden(impl: Callable[..., None]) -> None:
-    """If this process already registered the CPU overrides (plugin loaded late), swap the live entry too."""
-    from vllm.triton_utils import dispatcher
-
-    current = dispatcher._registry.get(EXPAND_KERNEL)
-    if current is not None and current[1] is not impl:
-        dispatcher.register_kernels({EXPAND_KERNEL: impl})
