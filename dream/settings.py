@@ -9,6 +9,9 @@ Device auto is the GPU when there is one.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -34,6 +37,25 @@ def _cpu_flags() -> set[str]:
             return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
     except OSError:                      # not Linux: assume no native bf16 (fp32 is never the slow choice)
         return set()
+
+
+def cache_root() -> Path:
+    """Where rebuilt artefacts live outside git: $DREAM_CACHE, default ~/.cache/dream."""
+    return Path(os.environ.get("DREAM_CACHE", "~/.cache/dream")).expanduser()
+
+
+def cpu_kind() -> str:
+    """The CPU's model name and its widest matmul unit: "AMX", "AVX-512 BF16", "AVX-512", "AVX2" or "other".
+    The kind decides which kernels torch picks, so every figure and probe result is recorded with it."""
+    flags = _cpu_flags()
+    kind = next((label for flag, label in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"),
+                                           ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), "other")
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return f"{model} ({kind})" if model else kind
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -28,6 +28,7 @@ from dream.bench.run import BenchResult, BenchSettings, build_inputs, run_bench
 from dream.methods import Method, make_proposer, method_config
 from dream.target import TargetAdapter, load_target
 from dream.target.margins import mismatch_margin
+from dream.settings import cpu_kind
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def bench_config(target_name: str, target_path: Path, target: TargetAdapter, met
         "target_path": str(target_path),
         "target_fingerprint": target.fingerprint(),
         "dtype": dtype,
+        "batch_invariance": target.invariance.to_json(),
         "prompts_file": str(prompts_file),
         "prompts_sha256": hashlib.sha256(Path(prompts_file).read_bytes()).hexdigest(),
         "num_prompts": len(prompts),
@@ -99,6 +101,7 @@ def bench_config(target_name: str, target_path: Path, target: TargetAdapter, met
                      "python": platform.python_version()},
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_kind(),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,   # before the run
         "platform": platform.platform(),
     }

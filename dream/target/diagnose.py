@@ -26,7 +26,7 @@ from .attention import ATTENTION_NAME, dream_attention, eager_weights
 from .exact import DepthGroup, exact_tree_attention
 from .inputs import TargetInputs
 
-ROW_COUNTS = (2, 5, 12, 16, 60, 150)  # rows fed with the probed row: tree sizes and a prompt's length
+ROW_COUNTS = (2, 5, 12, 17, 33, 64)  # rows fed with the probed row: tree sizes, up to the invariance probe's
 EXTRA = 11  # masked extra keys / extra queries in the masked-verify variant (a 12-node tree)
 SHORTER = range(0, 16, 2)  # the step's query is also probed over its first L - j keys: kernels vary with L
 

@@ -39,10 +39,12 @@ def check_checkpoint_dir(path: Path) -> None:
 
 
 def load_target(name_or_path: str | Path, dtype: str | torch.dtype = "bf16",
-                device: str | torch.device = DEFAULT_DEVICE) -> TargetAdapter:
-    """A TargetAdapter by zoo name or directory, in `dtype` (bf16 | fp32) on `device` (auto | cpu | cuda)."""
+                device: str | torch.device = DEFAULT_DEVICE, batch_invariant: str = "auto") -> TargetAdapter:
+    """A TargetAdapter by zoo name or directory, in `dtype` (bf16 | fp32) on `device` (auto | cpu | cuda),
+    with the batch-invariant mode `batch_invariant` (auto | on | off; see TargetAdapter)."""
     dtype = torch_dtype(dtype) if isinstance(dtype, str) else dtype
     device = resolve_device(device) if isinstance(device, str) else device
-    target = TargetAdapter.from_pretrained(resolve_target_path(name_or_path), dtype=dtype)
+    target = TargetAdapter.from_pretrained(resolve_target_path(name_or_path), dtype=dtype, batch_invariant="off")
     target.model.to(device)
+    target.set_batch_invariant(batch_invariant)  # probed where it runs: the kernels depend on the device
     return target

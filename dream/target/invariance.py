@@ -1,0 +1,245 @@
+"""Batch-invariant linear layers: a row gets the same bits whatever other rows come with it.
+
+Why: a greedy tree verify equals plain decoding only if every operation gives a tree node's row the result a
+one-token decoding step gives it. CPU GEMM libraries pick their kernel by the number of rows M, and the
+kernels accumulate in different orders: on an AVX-512-BF16 EPYC a bf16 linear sends M = 1 through another
+kernel than M >= 2 (rows part at near ties), and in fp32 M = 1, M in 2..3 and M >= 4 are three different
+kernels there. Which shapes and row counts differ is a property of the machine, so it is probed, not assumed.
+
+The mode: for each distinct linear shape of the language model (and the output head), `probe_pad_rows`
+finds the smallest P in PAD_CANDIDATES such that, for every probed row count M, each row of an M-row call
+(padded to P rows when M < P) equals that row fed alone padded to P. Calls with fewer than P rows are then
+padded with copies of their last row and the extra rows dropped, through forward hooks on the stock modules
+(nothing is copied or subclassed). Calls of more rows run as they are: the probe checked them. Every call
+that reaches generate()'s decoding step, a tree verify or a prefill goes through the same hooks, so the
+reference generate() of the bench (`hf`) runs under the same numerics.
+
+Row counts above max(PROBE_ROWS) are not probed: only prompt prefills reach them, and every method's
+prefill is the same call. The probe runs once per shape and the model's device, under the current thread
+count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+from transformers import PreTrainedModel
+
+from dream.settings import cache_root, cpu_kind
+
+POLICIES = ("auto", "on", "off")
+DEFAULT_MAX_COST = 0.05  # "auto" pads where that makes a decoding step at most 5 % slower
+PAD_CANDIDATES = (1, 2, 4, 8, 16)
+PROBE_ROWS = (*range(1, 21), 24, 32, 48, 64)  # a decoding step and tree verifies
+PROBE_OUTPUTS = 1 << 18  # outputs compared per row count
+
+
+@dataclass(frozen=True)
+class LinearShape:
+    """One distinct linear shape of the target and what the probe found for it."""
+
+    out_features: int
+    in_features: int
+    dtype: str
+    bias: bool
+    modules: int  # how many modules share it
+    pad_rows: int | None  # calls with fewer rows are padded to this many; None: no candidate was invariant
+
+
+@dataclass(frozen=True)
+class InvarianceReport:
+    policy: str  # "auto" | "on" | "off", as asked
+    enabled: bool  # the hooks are in place
+    shapes: tuple[LinearShape, ...] = ()
+    cost: float | None = None  # extra time of a plain decoding step with the padding, a fraction (timed at load)
+    threads: int | None = None  # the intra-op thread count the probe ran under (kernels depend on it)
+
+    @property
+    def invariant(self) -> bool:
+        """The mode is on and every linear shape found a row count that makes it batch-invariant."""
+        return self.enabled and all(shape.pad_rows is not None for shape in self.shapes)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "invariant": self.invariant}
+
+    def summary(self) -> str:
+        if not self.shapes:
+            return "batch-invariant mode off"
+        state = "on" if self.enabled else f"off (policy {self.policy})"
+        parts = [f"{s.out_features}x{s.in_features}{'+bias' if s.bias else ''}: "
+                 + ("as is" if s.pad_rows == 1 else f"pad to {s.pad_rows}" if s.pad_rows else "NOT invariant")
+                 for s in self.shapes]
+        return (f"batch-invariant mode {state}, {self.shapes[0].dtype}, {self.threads} threads, padding costs "
+                f"~{self.cost:.0%} of a decoding step; " + "; ".join(parts))
+
+
+def linear_modules(model: PreTrainedModel) -> list[nn.Linear]:
+    """The text decoder's linear layers and the output head: every linear a decoding step runs (a VLM's
+    vision tower and connector run in the prefill only)."""
+    found = [m for m in model.model.get_decoder().modules() if isinstance(m, nn.Linear)]
+    head = model.get_output_embeddings()
+    if isinstance(head, nn.Linear):
+        found.append(head)
+    return found
+
+
+class BatchInvariance:
+    """The mode on a model's language-model linears: probed once, applied through hooks, removable.
+
+    policy "on" applies the padding the probe found; "auto" applies it where it makes a plain decoding step
+    at most DEFAULT_MAX_COST slower (timed here, at load); "off" probes nothing."""
+
+    def __init__(self, model: PreTrainedModel, policy: str = "auto") -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"batch-invariant policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        self._handles: list[RemovableHandle] = []
+        if policy == "off":
+            self.report = InvarianceReport(policy, False)
+            return
+        groups: dict[tuple, list[nn.Linear]] = {}
+        for module in linear_modules(model):
+            key = (module.out_features, module.in_features, module.weight.dtype, module.bias is not None)
+            groups.setdefault(key, []).append(module)
+        pads = [cached_pad_rows(members[0]) for members in groups.values()]
+        padded = [(members, pad) for members, pad in zip(groups.values(), pads) if pad is not None and pad > 1]
+        cost = decode_step_cost(model, lambda: self._apply(padded), self.remove) if padded else 0.0
+        enabled = policy == "on" or cost <= DEFAULT_MAX_COST
+        if enabled:
+            self._apply(padded)
+        shapes = tuple(LinearShape(out, width, str(dtype).removeprefix("torch."), bias, len(members), pad)
+                       for (out, width, dtype, bias), members, pad in zip(groups, groups.values(), pads))
+        self.report = InvarianceReport(policy, enabled, shapes, cost, torch.get_num_threads())
+
+    def _apply(self, padded: list[tuple[list[nn.Linear], int]]) -> None:
+        for members, pad in padded:
+            for module in members:
+                self._handles += pad_small_calls(module, pad)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+@torch.no_grad()
+def decode_step_cost(model: PreTrainedModel, apply: Callable[[], None], remove: Callable[[], None],
+                     context: int = 64, repeats: int = 9) -> float:
+    """Extra time of a plain decoding step (the text decoder and head over one token after `context` cached
+    ones) with the padding applied, over the step without. Steps are timed alternately and the fastest of
+    each kind compared: other load on the machine only ever adds time."""
+    decoder, head = model.model.get_decoder(), model.get_output_embeddings()
+    weight = head.weight
+    embeds = torch.randn(1, context + 1, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight)
+    prefix = decoder(inputs_embeds=embeds[:, :context], use_cache=True).past_key_values
+
+    def step_s() -> float:
+        cache = copy.deepcopy(prefix)
+        start = time.perf_counter()
+        head(decoder(inputs_embeds=embeds[:, context:], past_key_values=cache, use_cache=True).last_hidden_state)
+        return time.perf_counter() - start
+
+    step_s()  # warm-up
+    plain, padded = [], []
+    for _ in range(repeats):
+        plain.append(step_s())
+        apply()
+        padded.append(step_s())
+        remove()
+    return min(padded) / min(plain) - 1.0
+
+
+def cached_pad_rows(module: nn.Linear) -> int | None:
+    """probe_pad_rows, once per machine: the kernel choice depends on the CPU, torch, the thread count, the
+    device, the shape and dtype; the weight's values only decide which outputs a difference shows on. The
+    results are kept in $DREAM_CACHE/invariance.json (a probe of the 49k-row head takes seconds)."""
+    weight = module.weight
+    key = "|".join(map(str, (cpu_kind(), torch.__version__, torch.get_num_threads(), weight.device.type,
+                             weight.dtype, *weight.shape, module.bias is not None)))
+    path = cache_root() / "invariance.json"
+    known = _read_json(path)
+    if key not in known:
+        known[key] = probe_pad_rows(module)
+        _write_json(path, {**_read_json(path), key: known[key]})  # re-read: another process may have written
+    return known[key]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, or unreadable: probe again
+        return {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        json.dump(data, tmp, indent=1, sort_keys=True)
+    os.replace(tmp.name, path)
+
+
+@torch.no_grad()
+def probe_pad_rows(module: nn.Linear, rows: tuple[int, ...] = PROBE_ROWS,
+                   candidates: tuple[int, ...] = PAD_CANDIDATES) -> int | None:
+    """The smallest pad P such that every row of every probed call equals the row fed alone (padded to P).
+
+    A kernel difference shows only where two accumulation orders round an output differently (about 1 in
+    10^4-10^5 bf16 outputs), so the probe compares at least PROBE_OUTPUTS outputs per row count: each row
+    count M tiles `n` random rows into calls of M rows (padded to P rows where M < P, as the mode runs them)."""
+    weight, bias = module.weight, module.bias
+    n = max(max(rows), -(-PROBE_OUTPUTS // module.out_features))
+    x = torch.randn(n, module.in_features, generator=torch.Generator().manual_seed(0)).to(weight)
+
+    def run(m: int, pad: int) -> Tensor:  # every row of x through calls of m rows, each padded to `pad`
+        tiles = [_pad(x[i : i + m], pad) for i in range(0, n - m + 1, m)]
+        return torch.cat([nn.functional.linear(t[None], weight, bias)[0, :m] for t in tiles])
+
+    unpadded: dict[int, Tensor] = {}  # calls of m >= pad rows run as they are, whatever the candidate
+    for pad in candidates:
+        alone = run(1, pad)
+        for m in sorted(rows, key=lambda m: (m != 2, m)):  # M = 2 first: the usual odd one out is M = 1
+            if m >= pad and m not in unpadded:
+                unpadded[m] = run(m, m)
+            out = unpadded[m] if m >= pad else run(m, pad)
+            if not torch.equal(out, alone[: out.shape[0]]):
+                break
+        else:
+            return pad
+    return None
+
+
+def _pad(rows: Tensor, pad: int) -> Tensor:
+    """[m, K] -> [max(m, pad), K]: the last row repeated (the probe checks the kept rows do not depend on it)."""
+    if rows.shape[0] >= pad:
+        return rows
+    return torch.cat([rows, rows[-1:].expand(pad - rows.shape[0], -1)])
+
+
+def pad_small_calls(module: nn.Linear, pad: int) -> list[RemovableHandle]:
+    """Run calls of fewer than `pad` rows as `pad` rows, keeping the first ones (forward hooks)."""
+    padded: dict[str, torch.Size | None] = {"shape": None}  # the shape of the call being padded, if any
+
+    def before(mod: nn.Module, args: tuple) -> tuple | None:
+        x = args[0]
+        rows = x.shape[:-1].numel()
+        padded["shape"] = x.shape if 0 < rows < pad else None
+        if padded["shape"] is None:
+            return None
+        return (_pad(x.reshape(rows, x.shape[-1]), pad), *args[1:])
+
+    def after(mod: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+        shape = padded["shape"]
+        if shape is None:
+            return None
+        return output[: shape[:-1].numel()].reshape(*shape[:-1], output.shape[-1])
+
+    return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
