@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "zoo": ("dream.commands.zoo", "build or check the offline targets"),
     "serve": ("dream.commands.serve", "serve a target with a draft through vLLM's OpenAI-compatible server"),
     "export": ("dream.commands.export", "write a draft as a folder vLLM loads as its speculator (with the plugin)"),
+    "doctor": ("dream.commands.doctor", "this machine's numerics, exactness and verify cost for a target"),
     "demo": ("dream.commands.demo", "the main job: build the offline target, run a short side-by-side benchmark"),
 }
 

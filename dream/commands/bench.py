@@ -29,6 +29,7 @@ from dream.bench.run import BenchSettings
 from dream.bench.session import bench_config, code_version, execute
 from dream.bench.tune import check_disjoint, reuse_tune, tune_methods
 from dream.commands.common import (
+    add_batch_invariant_argument,
     add_device_argument,
     add_dtype_argument,
     add_max_new_tokens_argument,
@@ -78,6 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="passes over the prompts (default 1); the JSON gives 95%% intervals over them")
     add_dtype_argument(parser)
     add_device_argument(parser)
+    add_batch_invariant_argument(parser)
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
     parser.add_argument("--plot", type=Path, metavar="OUT.png", help="write a plot of speedup and tau")
     parser.add_argument("--keep-ratios", metavar="R,R,...",
@@ -122,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--dev-prompts is read only with --tree auto")
     dtype = torch_dtype(args.dtype)
     target_path = resolve_target_path(args.target)
-    target = load_target(target_path, dtype, args.device)
+    target = load_target(target_path, dtype, args.device, args.batch_invariant)
     methods = load_methods(target, drafts, keep_ratios, dtype, selected)
     tune_record = None
     if args.tree == "auto":

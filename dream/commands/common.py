@@ -8,6 +8,7 @@ import torch
 
 from dream.methods import CPU_TREE
 from dream.settings import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DEVICES, resolve_dtype_name
+from dream.target.invariance import POLICIES
 from dream.tree import TreeConfig
 
 
@@ -25,6 +26,13 @@ def add_dtype_argument(parser: argparse.ArgumentParser, what: str = "target comp
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE,
                         help="auto: the GPU when there is one (this rank's under torchrun), else the CPU")
+
+
+def add_batch_invariant_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-invariant", choices=POLICIES, default="auto",
+                        help="pad the target's linear calls whose row count takes another CPU kernel, so a tree "
+                             "verify rounds as a decoding step does (dream.target.invariance); auto (default): "
+                             "where that makes a decoding step at most 5 %% slower")
 
 
 def add_max_new_tokens_argument(parser: argparse.ArgumentParser, what: str = "per answer") -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 from dream.bench.prompts import DEMO_PROMPTS, read_prompts
 from dream.bench.run import BenchResult, BenchSettings
 from dream.bench.session import bench_config, execute
-from dream.commands.common import add_device_argument, add_max_new_tokens_argument, add_threads_argument, set_threads
+from dream.commands.common import (add_batch_invariant_argument, add_device_argument, add_max_new_tokens_argument,
+                                   add_threads_argument, set_threads)
 from dream.methods import CPU_TREE, load_methods, shipped_drafts
 from dream.sampling import SamplingConfig
 from dream.settings import DEFAULT_DTYPE, resolve_dtype_name, torch_dtype
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to write the plot (default: demo.png here)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the full results as JSON")
     add_device_argument(parser)
+    add_batch_invariant_argument(parser)
     add_threads_argument(parser)
 
 
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
           f"vision weights; later runs reuse the cache)", file=sys.stderr)
     path = resolve_target_path(TARGET)
     dtype = resolve_dtype_name(DEFAULT_DTYPE)
-    target = load_target(path, dtype, args.device)
+    target = load_target(path, dtype, args.device, args.batch_invariant)
     methods = load_methods(target, shipped_drafts(), [], torch_dtype(dtype))
     print(f"dream demo: {len(prompts)} prompts x {', '.join(m.name for m in methods)} "
           f"({dtype}, greedy, up to {args.max_new_tokens} new tokens)", file=sys.stderr)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from dream.bench.prompts import load_image, user_messages
 from dream.commands.common import (
+    add_batch_invariant_argument,
     add_device_argument,
     add_dtype_argument,
     add_max_new_tokens_argument,
@@ -48,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     add_dtype_argument(parser)
     add_device_argument(parser)
+    add_batch_invariant_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     add_tree_arguments(parser)
 
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     draft = draft_spec(args.draft) if args.draft is not None else None
     name, draft_path = choose_method(args.method, draft, args.target)
     dtype = torch_dtype(args.dtype)
-    target = load_target(args.target, dtype, args.device)
+    target = load_target(args.target, dtype, args.device, args.batch_invariant)
     drafts = [] if draft_path is None else [DraftSpec(name, draft_path)]
     method = next(m for m in load_methods(target, drafts, [], dtype) if m.name == name)
     images = [] if image is None else [image]
