@@ -23,7 +23,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .adapter import TargetAdapter
 from .attention import ATTENTION_NAME, dream_attention, eager_weights
-from .exact import DepthGroup, exact_tree_attention
+from .exact import DepthGroup, exact_tree_attention, one_step_window
 from .inputs import TargetInputs
 
 ROW_COUNTS = (2, 5, 12, 17, 33, 64)  # rows fed with the probed row: tree sizes, up to the invariance probe's
@@ -145,7 +145,7 @@ def _attention_variants(module: nn.Module, query: Tensor, key: Tensor, value: Te
     reference = exact_tree_attention(module, query, key, value, one_step, **kwargs)[0][0, 0]  # [H, D]
     gathered = (DepthGroup(torch.zeros(1, dtype=torch.long), torch.arange(length)[None], length),)
     window = kwargs.get("sliding_window")
-    visible = min(length, window) if window else length
+    visible = one_step_window(length, window) or length
     k, v = key[:, :, -visible:], value[:, :, -visible:]
     generator = torch.Generator().manual_seed(0)
     out = {
@@ -188,8 +188,8 @@ def _batched(module, query, key, value, kwargs, generator) -> Tensor:
     def noise(t: Tensor) -> Tensor:
         return torch.randn(4, *t.shape[1:], generator=generator).to(t)
 
-    mask = None if kwargs.get("sliding_window") is None or key.shape[2] < kwargs["sliding_window"] else \
-        torch.ones(1, 1, 1, key.shape[2], dtype=torch.bool)
+    kept = one_step_window(key.shape[2], kwargs.get("sliding_window"))
+    mask = None if kept is None else torch.ones(1, 1, 1, kept, dtype=torch.bool)
     batch = [torch.cat([t, noise(t)]) for t in (query, key, value)]
     return sdpa_attention_forward(module, *batch, mask, **kwargs)[0][0, 0]
 

@@ -72,6 +72,14 @@ def active_groups() -> tuple[DepthGroup, ...] | None:
     return _ACTIVE_GROUPS.get()
 
 
+def one_step_window(length: int, window: int | None) -> int | None:
+    """The sliding-window rule of a one-token decoding step over `length` cached keys, as generate() runs it:
+    its cache keeps window - 1 entries per sliding layer, and the stock mask builder skips the mask while
+    fewer than `window` keys exist. None: every key, no mask (no window, or fewer than `window` keys);
+    else `window`: the last `window` keys, with an all-True explicit mask."""
+    return window if window is not None and length >= window else None
+
+
 def exact_tree_attention(
     module: torch.nn.Module,
     query: Tensor,
@@ -88,11 +96,10 @@ def exact_tree_attention(
         q = query[0, :, group.nodes].transpose(0, 1).unsqueeze(2)  # [n, H, 1, D]
         k, v = _visible(key, group), _visible(value, group)  # [n, H_kv, L, D]
         mask = None
-        if window is not None and group.length >= window:
-            # What the stock builder gives a one-token step whose window is full: an all-True mask
-            # over the last `window` keys (it only skips the mask while fewer keys are visible).
-            k, v = k[:, :, -window:], v[:, :, -window:]
-            mask = torch.ones(1, 1, 1, window, dtype=torch.bool, device=query.device)
+        kept = one_step_window(group.length, window)
+        if kept is not None:
+            k, v = k[:, :, -kept:], v[:, :, -kept:]
+            mask = torch.ones(1, 1, 1, kept, dtype=torch.bool, device=query.device)
         attn, _ = sdpa_attention_forward(module, q, k, v, mask, **kwargs)  # [n, 1, H, D]
         out[0, group.nodes] = attn[:, 0]
     return out, None
