@@ -23,6 +23,7 @@ from dream.bench.prompts import HELDOUT_PROMPTS, read_prompts, user_messages
 from dream.draft import DraftProposer, load_draft
 from dream.engine import generate
 from dream.methods import CPU_TREE
+from dream.target import VERIFY_MODES, VerifyMode
 from dream.target.loading import load_target, resolve_target_path
 
 Run = Callable[[object], tuple[list[int], float]]  # inputs -> (tokens, tau)
@@ -52,9 +53,9 @@ def main() -> None:
                                  do_sample=False, max_new_tokens=budget)
         return out[0, ids.shape[1]:].tolist(), 1.0
 
-    def ours(exact: bool, with_draft: bool) -> Run:
+    def ours(mode: VerifyMode, with_draft: bool) -> Run:
         def run(inputs) -> tuple[list[int], float]:
-            target.exact = exact
+            target.verify_mode = mode
             proposer = DraftProposer(draft, target, CPU_TREE) if with_draft else None
             result = generate(target, inputs, proposer=proposer, max_new_tokens=budget)
             return result.token_ids, result.metrics.tau
@@ -62,8 +63,8 @@ def main() -> None:
 
     configs: dict[str, Run] = {"hf": hf}
     for method in ("ar", "draft"):
-        for exact in (True, False):
-            configs[f"{method} {'exact' if exact else 'masked'}"] = ours(exact, method == "draft")
+        for mode in VERIFY_MODES:
+            configs[f"{method} {mode}"] = ours(mode, method == "draft")
     prompts = [target.build_inputs(user_messages(r.prompt, True), [r.image])
                for r in read_prompts(HELDOUT_PROMPTS, limit=args.limit)]
     print(format_table(measure(configs, prompts, perf_counter if args.clock == "wall" else process_time)))

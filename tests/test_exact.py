@@ -79,7 +79,7 @@ def proposers(target: TargetAdapter, family: str, reference: list[int]) -> dict:
 def test_bf16_greedy_equals_generate(bf16_case, family):
     for text in PROMPTS:
         target, inputs, reference = bf16_case(family, text)
-        assert target.exact
+        assert target.verify_mode == "exact"
         assert generate(target, inputs, max_new_tokens=MAX_NEW).token_ids == reference, ("ar", text)
         for name, proposer in proposers(target, family, reference).items():
             result = generate(target, inputs, proposer=proposer, max_new_tokens=MAX_NEW)
@@ -108,7 +108,7 @@ def test_negative_control_masked_path_parts_from_generate(bf16_case, monkeypatch
     differing = []
     for family, text in OLD_PATH_CASES:
         target, inputs, reference = bf16_case(family, text)
-        monkeypatch.setattr(target, "exact", False)
+        monkeypatch.setattr(target, "verify_mode", "masked")
         random = RandomProposer(TREES[0], target.vocab_size, seed=seed_of(family, "random"))
         for name, proposer in {"random": random, "pld": PromptLookupProposer(num_tokens=4)}.items():
             if generate(target, inputs, proposer=proposer, max_new_tokens=MAX_NEW).token_ids != reference:

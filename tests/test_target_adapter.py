@@ -17,8 +17,8 @@ from fixtures import (
 )
 from transformers.masking_utils import causal_mask_function
 
-from dream.target import adapter as adapter_module
-from dream.target import exact, masks
+from dream.target import VERIFY_MODES, exact, masks
+from dream.target import attention as attention_module
 
 ATOL = 1e-5
 CHAIN = [-1, 0, 1, 2]
@@ -65,12 +65,12 @@ def max_node_error(out, tokens, ancestors, model, inputs, committed) -> float:
     return worst
 
 
-@pytest.fixture(params=[True, False], ids=["exact", "masked"])
+@pytest.fixture(params=VERIFY_MODES)
 def verify_path(request, monkeypatch):
     """verify_path(adapter) -> the adapter switched to the exact or the masked verify path for this test."""
 
     def switch(adapter):
-        monkeypatch.setattr(adapter, "exact", request.param)
+        monkeypatch.setattr(adapter, "verify_mode", request.param)
         return adapter
 
     return switch
@@ -161,7 +161,7 @@ def test_gemma3_context_far_past_the_sliding_window(tiny_target, stock, verify_p
 @pytest.mark.parametrize("family", ["llava", "gemma3", "qwen2_vl"])
 def test_negative_control_flattened_causal_mask(tiny_target, stock, monkeypatch, family):
     adapter, model = tiny_target(family), stock(family)
-    monkeypatch.setattr(adapter, "exact", False)  # the exact path refuses such a matrix (test below)
+    monkeypatch.setattr(adapter, "verify_mode", "masked")  # the exact path refuses such a matrix (test below)
     inputs = build_prompt(adapter, family)
     cache = adapter.new_cache()
     adapter.prefill(inputs, cache)
@@ -174,13 +174,13 @@ def test_negative_control_flattened_causal_mask(tiny_target, stock, monkeypatch,
 
 def test_negative_control_window_ignored(tiny_target, stock, monkeypatch):
     adapter, model = tiny_target("gemma3"), stock("gemma3")
-    monkeypatch.setattr(adapter, "exact", False)
+    monkeypatch.setattr(adapter, "verify_mode", "masked")
     plain_tree_mask = masks.tree_mask
 
     def no_window(layout, kv_length, kv_offset=0, mask_function=None, batch_size=1):
         return plain_tree_mask(layout, kv_length, kv_offset, causal_mask_function, batch_size)
 
-    monkeypatch.setattr(masks, "tree_mask", no_window)
+    monkeypatch.setattr(attention_module, "tree_mask", no_window)
     inputs = build_prompt(adapter, "gemma3")
     cache = adapter.new_cache()
     adapter.prefill(inputs, cache)
@@ -245,7 +245,7 @@ def test_negative_control_exact_path_without_ancestor_keys(tiny_target, stock, m
     def no_ancestors(prefix_len, depths, ancestors):
         return real_groups(prefix_len, torch.zeros_like(depths), torch.eye(len(depths), dtype=torch.bool))
 
-    monkeypatch.setattr(adapter_module, "depth_groups", no_ancestors)
+    monkeypatch.setattr(attention_module, "depth_groups", no_ancestors)
     inputs = build_prompt(adapter, family)
     cache = adapter.new_cache()
     adapter.prefill(inputs, cache)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers.masking_utils import causal_mask_function, sdpa_mask, sliding_window_causal_mask_function
 
-from dream.target.attention import register_dream_attention
+from dream.target.attention import dream_mask, register_dream_attention, tree_verify
 from dream.target.cache import TargetCache, keep_tree_entries
-from dream.target.masks import TreeLayout, dream_mask, tree_attention, tree_mask
+from dream.target.masks import TreeLayout, tree_mask
 from fixtures import ancestors_from_parents, depths_from_parents
 
 PARENTS = [-1, 0, 0, 1, 1, 2, 3, 3, 5]
@@ -45,7 +45,7 @@ def test_dream_mask_is_sdpa_mask_outside_a_tree_forward():
     kwargs = dict(batch_size=1, q_length=4, kv_length=9, q_offset=5, kv_offset=0, allow_is_causal_skip=False)
     assert torch.equal(dream_mask(**kwargs), sdpa_mask(**kwargs))
     layout = TreeLayout(5, depths_from_parents([-1, 0, 0, 1]), ancestors_from_parents([-1, 0, 0, 1]))
-    with tree_attention(layout):
+    with tree_verify(layout, "masked"):
         inside = dream_mask(**kwargs)
     assert torch.equal(inside[0, 0], brute_force_mask(5, [-1, 0, 0, 1], None))
     assert torch.equal(dream_mask(**kwargs), sdpa_mask(**kwargs))  # the context restored the plain builder

@@ -22,14 +22,14 @@ from transformers import (
     ProcessorMixin,
 )
 
-from .attention import ATTENTION_NAME, StatsRecorder, recording, register_dream_attention
+from .attention import (ATTENTION_NAME, VERIFY_MODES, AttentionObserver, StatsRecorder, VerifyMode, recording,
+                        register_dream_attention, tree_verify)
 from .cache import TargetCache, keep_tree_entries
-from .exact import depth_groups, exact_tree
 from .families import Family, family_of
 from .identity import target_fingerprint
 from .inputs import InputBuilder, TargetInputs, processor_chat_template
 from .invariance import BatchInvariance, InvarianceReport
-from .masks import TreeLayout, tree_attention
+from .masks import TreeLayout
 
 
 @dataclass
@@ -60,15 +60,16 @@ class TargetAdapter:
     `invariance` reports what the probe found. Applied to the model itself: its own generate() runs under the
     same numerics.
 
-    `exact` (default True) picks the verify path. Exact: every tree node attends over exactly its visible keys,
-    as a one-token decoding step would, so outputs equal the stock model's own generate() bit for bit, in bf16
-    too (docs/exactness.md). Not exact: one masked attention over prefix + tree, equal to a plain forward
-    only up to rounding (exact in fp32 up to ~1e-6). It may be switched between calls.
+    `verify_mode` (`VerifyMode`, default "exact") picks the verify path. "exact": every tree node attends over
+    exactly its visible keys, as a one-token decoding step would, so outputs equal the stock model's own
+    generate() bit for bit, in bf16 too (docs/exactness.md). "masked": one masked attention over prefix +
+    tree, equal to a plain forward only up to rounding (exact in fp32 up to ~1e-6); the negative control of
+    the exactness tests. It may be switched between calls (the `verify_mode` setter checks the name).
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, processor: Any = None,
-                 *, exact: bool = True, batch_invariant: str = "auto") -> None:
-        self.exact = exact
+                 *, verify_mode: VerifyMode = "exact", batch_invariant: str = "auto") -> None:
+        self.verify_mode = verify_mode
         spec = family_of(model.config)
         self._spec: Family = spec
         self.family: str = spec.name
@@ -93,6 +94,17 @@ class TargetAdapter:
         self._invariance = BatchInvariance(model, batch_invariant)
 
     @property
+    def verify_mode(self) -> VerifyMode:
+        """How verify() attends: "exact" (default) or "masked" (see the class docstring)."""
+        return self._verify_mode
+
+    @verify_mode.setter
+    def verify_mode(self, mode: VerifyMode) -> None:
+        if mode not in VERIFY_MODES:
+            raise ValueError(f"verify mode {mode!r}: expected one of {', '.join(VERIFY_MODES)}")
+        self._verify_mode = mode
+
+    @property
     def invariance(self) -> InvarianceReport:
         return self._invariance.report
 
@@ -110,7 +122,7 @@ class TargetAdapter:
         *,
         dtype: torch.dtype = torch.float32,
         processor: Any = None,
-        exact: bool = True,
+        verify_mode: VerifyMode = "exact",
         batch_invariant: str = "auto",
     ) -> "TargetAdapter":
         """Load a checkpoint directory (or wrap a loaded model) with its tokenizer and processor.
@@ -129,7 +141,8 @@ class TargetAdapter:
         given = processor if isinstance(processor, ProcessorMixin) else None
         if expander == "stock":
             processor = given or AutoProcessor.from_pretrained(path)
-            return cls(model, processor.tokenizer, processor, exact=exact, batch_invariant=batch_invariant)
+            return cls(model, processor.tokenizer, processor, verify_mode=verify_mode,
+                       batch_invariant=batch_invariant)
         tokenizer = given.tokenizer if given else processor
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
         if tokenizer.chat_template is None and path:
@@ -137,7 +150,7 @@ class TargetAdapter:
         image_processor = None
         if expander is not None:
             image_processor = given.image_processor if given else AutoImageProcessor.from_pretrained(path)
-        return cls(model, tokenizer, image_processor, exact=exact, batch_invariant=batch_invariant)
+        return cls(model, tokenizer, image_processor, verify_mode=verify_mode, batch_invariant=batch_invariant)
 
     def build_inputs(self, prompt: str | list[dict], images: Sequence[Image.Image] = ()) -> TargetInputs:
         """A string prompt is used verbatim (write the family's image placeholder per image); chat messages
@@ -199,12 +212,14 @@ class TargetAdapter:
         return ForwardOutput(logits, features, embeds, dict(sorted(layer_outputs.items())), stats)
 
     @torch.no_grad()
-    def verify(self, tokens: Tensor, ancestors: Tensor, depths: Tensor, cache: TargetCache) -> ForwardOutput:
+    def verify(self, tokens: Tensor, ancestors: Tensor, depths: Tensor, cache: TargetCache, *,
+               observe: AttentionObserver | None = None) -> ForwardOutput:
         """One forward over N tree nodes; node i sees the committed prefix and its own ancestors only.
 
         tokens [N] long; ancestors [N, N] bool (ancestors[i, j]: j is i or an ancestor of i, parents before
         children); depths [N] long. Node i has position cache_len + depths[i]; the cache grows by N (commit()
-        then keeps the accepted path). A one-node tree is one plain decoding step.
+        then keeps the accepted path). A one-node tree is one plain decoding step. Attention runs in
+        `verify_mode`; `observe` (diagnostics) sees every layer's attention inputs, changing nothing.
         """
         prefix = cache.get_seq_length()
         last = prefix + int(depths.max())  # read before the transfer: no device sync on the caller's CPU tree
@@ -216,8 +231,7 @@ class TargetAdapter:
         position_ids = layout.positions[None]  # [1, N]
         if self._spec.mrope:
             position_ids = (position_ids + cache.rope_delta)[None].expand(3, 1, -1)  # [3, 1, N]
-        attention = exact_tree(depth_groups(prefix, depths, layout.ancestors)) if self.exact else tree_attention(layout)
-        with attention:
+        with tree_verify(layout, self.verify_mode, observe):
             ids = tokens.to(device)[None]
             out = self._lm(input_ids=ids, position_ids=position_ids, past_key_values=cache, use_cache=True)
         features = out.last_hidden_state

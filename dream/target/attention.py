@@ -1,30 +1,75 @@
-"""The "dream" attention function: transformers' sdpa, per-node exact tree attention, and statistics.
+"""The "dream" attention implementation: transformers' sdpa, the tree verify, and statistics.
+
+One dispatch. A tree verify runs inside `tree_verify(layout, mode)`, which sets the one `ActiveVerify` that
+both the attention function and the mask builder read (`VerifyMode`, docs/exactness.md):
+- "exact": the mask builder builds nothing and every tree node attends per depth group over exactly its
+  visible keys, as a one-token decoding step would (exact.py); equal to generate() bit for bit, bf16 too;
+- "masked": one sdpa call over prefix + tree with the tree mask (masks.py); equal to a plain forward only up
+  to rounding. Kept as the documented negative control (tests) and for comparisons (scripts/bench_exact.py).
+Outside a verify, both are transformers' own sdpa attention and `sdpa_mask`.
 
 Attention statistics need the softmax weights, which sdpa never materialises, and holding every layer's
 [H, S, S] map at once (output_attentions) costs L times the memory of one. During a recorded prefill, the
 layers whose statistics are wanted also compute eager weights here and hand them straight to a
 `StatsRecorder`, which keeps only the reductions ([S] per layer, [S_vis] for the last layer); the layer's
 output is still sdpa's, so recording never changes the forward (a plain generate() prefill matches it).
-Inside `exact.exact_tree` the tree nodes attend per depth group (see exact.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface
+from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 
-from .exact import active_groups, exact_tree_attention
-from .masks import dream_mask
+from .exact import DepthGroup, depth_groups, exact_tree_attention
+from .masks import TreeLayout, tree_mask
 
 ATTENTION_NAME = "dream"
+
+VerifyMode = Literal["exact", "masked"]
+VERIFY_MODES: tuple[VerifyMode, ...] = get_args(VerifyMode)
+
+# observe(module, query [1, H, N, D], key / value [1, H_kv, P + N, D], kwargs): a layer's attention inputs
+AttentionObserver = Callable[[torch.nn.Module, Tensor, Tensor, Tensor, dict], None]
+
+
+@dataclass(frozen=True)
+class ActiveVerify:
+    """The tree verify a forward is running: the one thing the attention function and the mask builder read."""
+
+    layout: TreeLayout  # where the tree nodes sit after the committed prefix
+    groups: tuple[DepthGroup, ...] | None  # "exact": the nodes per depth; None: "masked"
+    observe: AttentionObserver | None = None  # sees every layer's attention inputs (dream.target.diagnose)
+
+    @property
+    def mode(self) -> VerifyMode:
+        return "masked" if self.groups is None else "exact"
+
+
+_ACTIVE_VERIFY: ContextVar[ActiveVerify | None] = ContextVar("dream_active_verify", default=None)
+
+
+@contextmanager
+def tree_verify(layout: TreeLayout, mode: VerifyMode, observe: AttentionObserver | None = None
+                ) -> Iterator[ActiveVerify]:
+    """Within this block, "dream" attention and its masks run the tree verify of `layout` in `mode`."""
+    if mode not in VERIFY_MODES:
+        raise ValueError(f"verify mode {mode!r}: expected one of {', '.join(VERIFY_MODES)}")
+    groups = depth_groups(layout.prefix_len, layout.depths, layout.ancestors) if mode == "exact" else None
+    active = ActiveVerify(layout, groups, observe)
+    token = _ACTIVE_VERIFY.set(active)
+    try:
+        yield active
+    finally:
+        _ACTIVE_VERIFY.reset(token)
 
 
 @dataclass
@@ -101,9 +146,12 @@ def dream_attention(
     scaling: float | None = None,
     **kwargs,
 ) -> tuple[Tensor, Tensor | None]:
-    groups = active_groups()
-    if groups is not None:
-        return exact_tree_attention(module, query, key, value, groups, dropout=dropout, scaling=scaling, **kwargs)
+    active = _ACTIVE_VERIFY.get()
+    if active is not None and active.observe is not None:
+        active.observe(module, query, key, value, {"dropout": dropout, "scaling": scaling, **kwargs})
+    if active is not None and active.groups is not None:
+        return exact_tree_attention(module, query, key, value, active.groups, dropout=dropout, scaling=scaling,
+                                    **kwargs)
     output = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                     **kwargs)
     recorder = _RECORDER.get()
@@ -115,6 +163,37 @@ def dream_attention(
         weights = eager_weights(query, key, attention_mask, scaling, kwargs.get("softcap"), is_causal)
         recorder.record(layer_idx, weights)
     return output
+
+
+def dream_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function: Callable = causal_mask_function,
+    attention_mask: Tensor | None = None,
+    **kwargs,
+) -> Tensor | None:
+    """The "dream" mask builder: sdpa_mask outside a verify, nothing in an exact one, tree masks in a masked one."""
+    active = _ACTIVE_VERIFY.get()
+    if active is None:
+        return sdpa_mask(
+            batch_size=batch_size,
+            q_length=q_length,
+            kv_length=kv_length,
+            q_offset=q_offset,
+            kv_offset=kv_offset,
+            mask_function=mask_function,
+            attention_mask=attention_mask,
+            **kwargs,
+        )
+    if active.groups is not None:
+        return None  # exact tree attention picks each node's keys itself
+    layout = active.layout
+    assert attention_mask is None, "tree forwards take no padding mask"
+    assert q_length == layout.depths.shape[0] and int(q_offset) == layout.prefix_len, "tree layout out of sync"
+    return tree_mask(layout, kv_length, kv_offset, mask_function, batch_size)
 
 
 def register_dream_attention() -> None:

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from transformers import AttentionInterface, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .adapter import TargetAdapter
-from .attention import ATTENTION_NAME, dream_attention, eager_weights
+from .attention import VERIFY_MODES, eager_weights
 from .exact import DepthGroup, exact_tree_attention, one_step_window
 from .inputs import TargetInputs
 
@@ -127,15 +127,11 @@ def _capture_decode_step(target: TargetAdapter, inputs: TargetInputs) -> list[tu
     token = target.prefill(inputs, cache).logits[0, -1].argmax()
     captured: list[tuple] = []
 
-    def spy(module, query, key, value, attention_mask, **kwargs):
+    def observe(module, query, key, value, kwargs):
         captured.append((module, query, key, value, kwargs))
-        return dream_attention(module, query, key, value, attention_mask, **kwargs)
 
-    AttentionInterface.register(ATTENTION_NAME, spy)
-    try:
-        target.verify(token[None], torch.ones(1, 1, dtype=torch.bool), torch.zeros(1, dtype=torch.long), cache)
-    finally:
-        AttentionInterface.register(ATTENTION_NAME, dream_attention)
+    target.verify(token[None], torch.ones(1, 1, dtype=torch.bool), torch.zeros(1, dtype=torch.long), cache,
+                  observe=observe)
     return captured
 
 
@@ -217,17 +213,16 @@ def model_findings(target: TargetAdapter, stock: PreTrainedModel, inputs: Target
                                  "last logits"))
     reference = stock.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs, do_sample=False,
                                max_new_tokens=max_new_tokens)[0, ids.shape[1]:].tolist()
-    saved = target.exact
+    saved = target.verify_mode
     try:
-        for exact in (True, False):
-            target.exact = exact
+        for mode in VERIFY_MODES:
+            target.verify_mode = mode
             for method in ("ar", "pld"):
                 proposer = PromptLookupProposer(image_token_id=target.image_token_id) if method == "pld" else None
                 tokens = generate(target, inputs, proposer=proposer, max_new_tokens=max_new_tokens).token_ids
-                findings.append(_token_finding(f"{method} tokens, {'exact' if exact else 'masked'} path",
-                                               tokens, reference))
+                findings.append(_token_finding(f"{method} tokens, {mode} path", tokens, reference))
     finally:
-        target.exact = saved
+        target.verify_mode = saved
     return findings
 
 

@@ -15,9 +15,6 @@ builder: None, except an all-True mask over a full sliding window (Gemma3's slid
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -53,23 +50,6 @@ def depth_groups(prefix_len: int, depths: Tensor, ancestors: Tensor) -> tuple[De
             keys = torch.cat([prefix.expand(nodes.numel(), -1), prefix_len + path], dim=1)
         groups.append(DepthGroup(nodes, keys, prefix_len + depth + 1))
     return tuple(groups)
-
-
-_ACTIVE_GROUPS: ContextVar[tuple[DepthGroup, ...] | None] = ContextVar("dream_exact_groups", default=None)
-
-
-@contextmanager
-def exact_tree(groups: tuple[DepthGroup, ...]) -> Iterator[None]:
-    """Within this block, "dream" attention runs per depth group (and its mask builder builds nothing)."""
-    token = _ACTIVE_GROUPS.set(groups)
-    try:
-        yield
-    finally:
-        _ACTIVE_GROUPS.reset(token)
-
-
-def active_groups() -> tuple[DepthGroup, ...] | None:
-    return _ACTIVE_GROUPS.get()
 
 
 def one_step_window(length: int, window: int | None) -> int | None:

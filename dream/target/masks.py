@@ -1,25 +1,19 @@
-"""Tree attention masks, built inside each model's own mask pipeline.
+"""Tree attention masks for the masked verify, built inside each model's own mask pipeline.
 
-The adapter registers `dream_mask` as the mask builder of the "dream" attention implementation. Outside a
-tree forward it is exactly transformers' `sdpa_mask`. Inside one (`tree_attention`), it evaluates the
-model's own mask function (causal, sliding window, ...) on token POSITIONS rather than cache indices, and
-ANDs in the ancestor matrix. Because every model asks for its masks through this builder, per-layer-type
-masks (Gemma3's full + sliding layers) come out right without any per-family code. Inside an exact tree
-forward (exact.py) it builds nothing: the attention function picks each node's keys itself.
+The "dream" mask builder (attention.py) hands a masked tree verify's requests to `tree_mask`, which
+evaluates the model's own mask function (causal, sliding window, ...) on token POSITIONS rather than cache
+indices, and ANDs in the ancestor matrix. Because every model asks for its masks through that builder,
+per-layer-type masks (Gemma3's full + sliding layers) come out right without any per-family code.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import Tensor
-from transformers.masking_utils import causal_mask_function, sdpa_mask
-
-from .exact import active_groups
+from transformers.masking_utils import causal_mask_function
 
 
 @dataclass(frozen=True)
@@ -33,19 +27,6 @@ class TreeLayout:
     @property
     def positions(self) -> Tensor:  # [N]
         return self.prefix_len + self.depths
-
-
-_ACTIVE_TREE: ContextVar[TreeLayout | None] = ContextVar("dream_active_tree", default=None)
-
-
-@contextmanager
-def tree_attention(layout: TreeLayout) -> Iterator[None]:
-    """Within this block, masks requested through `dream_mask` are tree masks for `layout`."""
-    token = _ACTIVE_TREE.set(layout)
-    try:
-        yield
-    finally:
-        _ACTIVE_TREE.reset(token)
 
 
 def tree_mask(
@@ -75,33 +56,3 @@ def tree_mask(
     )
     tree_ok = torch.where(in_tree[None, :], layout.ancestors.to(device)[:, node], True)  # [N, kv]
     return (allowed & tree_ok).expand(batch_size, 1, n, kv_length)
-
-
-def dream_mask(
-    batch_size: int,
-    q_length: int,
-    kv_length: int,
-    q_offset: int = 0,
-    kv_offset: int = 0,
-    mask_function: Callable = causal_mask_function,
-    attention_mask: Tensor | None = None,
-    **kwargs,
-) -> Tensor | None:
-    """Mask builder registered in `AttentionMaskInterface` under the "dream" name."""
-    if active_groups() is not None:
-        return None  # exact tree attention picks each node's keys itself
-    layout = _ACTIVE_TREE.get()
-    if layout is None:
-        return sdpa_mask(
-            batch_size=batch_size,
-            q_length=q_length,
-            kv_length=kv_length,
-            q_offset=q_offset,
-            kv_offset=kv_offset,
-            mask_function=mask_function,
-            attention_mask=attention_mask,
-            **kwargs,
-        )
-    assert attention_mask is None, "tree forwards take no padding mask"
-    assert q_length == layout.depths.shape[0] and int(q_offset) == layout.prefix_len, "tree layout out of sync"
-    return tree_mask(layout, kv_length, kv_offset, mask_function, batch_size)
