@@ -1,4 +1,5 @@
-"""Print which operations of a target's forward depend on what is fed with them (dream.target.diagnose).
+"""Print which operations of a target's forward depend on what is fed with them (dream.target.diagnose,
+dream.bench.wholepath).
 
     HF_HUB_OFFLINE=1 python scripts/diagnose_exactness.py [--target smolvlm-135m] [--dtype bf16]
         [--image FILE --prompt TEXT] [--max-new-tokens 32] [--no-model]
@@ -14,8 +15,9 @@ import argparse
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 from dream.bench.prompts import HELDOUT_PROMPTS, load_image, read_prompts, user_messages
+from dream.bench.wholepath import diagnose_with_model
 from dream.settings import DTYPES, torch_dtype
-from dream.target.diagnose import diagnose, format_findings
+from dream.target.diagnose import format_findings
 from dream.target.loading import load_target, resolve_target_path
 
 
@@ -41,7 +43,7 @@ def main() -> None:
     if not args.no_model:
         auto = AutoModelForImageTextToText if target.image_token_id is not None else AutoModelForCausalLM
         stock = auto.from_pretrained(path, dtype=torch_dtype(args.dtype)).eval()
-    print(format_findings(diagnose(target, inputs, stock, args.max_new_tokens)))
+    print(format_findings(diagnose_with_model(target, inputs, stock, args.max_new_tokens)))
 
 
 if __name__ == "__main__":

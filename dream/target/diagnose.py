@@ -5,9 +5,9 @@ In fp32 that holds up to ~1e-6; in bf16 any operation whose result for a row dep
 the call, or on masked entries, can flip a near tie. This module checks, on a loaded target, (1) the row-wise
 operations (every linear layer and norm of a decoder layer, the final norm, the head with its soft-capping,
 rotary / M-RoPE tables) at other row counts; (2) attention on real queries and keys of one decoding step, in
-the ways a verify could call it, against the call a one-token step of generate() makes; (3) with the stock
-model at hand, the whole path: prefill logits and greedy tokens against generate(), exact and masked.
-`scripts/diagnose_exactness.py` prints it; docs/exactness.md records the findings.
+the ways a verify could call it, against the call a one-token step of generate() makes. The whole path (3),
+which runs the engine, sits above it in `dream.bench.wholepath`. `scripts/diagnose_exactness.py` prints all
+three; docs/exactness.md records the findings.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from transformers import PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .adapter import TargetAdapter
-from .attention import VERIFY_MODES, eager_weights
+from .attention import eager_weights
 from .exact import DepthGroup, exact_tree_attention, one_step_window
 from .inputs import TargetInputs
 
@@ -33,18 +32,15 @@ SHORTER = range(0, 16, 2)  # the step's query is also probed over its first L - 
 
 @dataclass(frozen=True)
 class Finding:
-    section: str  # "row-wise" | "attention" | "model"
+    section: str  # "row-wise" | "attention" | "model" (dream.bench.wholepath)
     name: str  # the operation or variant
     differs: bool  # its result for the probed position is not bit-identical to the reference
     detail: str  # max |difference| and where
 
 
-def diagnose(target: TargetAdapter, inputs: TargetInputs, stock: PreTrainedModel | None = None,
-             max_new_tokens: int = 32) -> list[Finding]:
-    findings = rowwise_findings(target) + attention_findings(target, inputs)
-    if stock is not None:
-        findings += model_findings(target, stock, inputs, max_new_tokens)
-    return findings
+def diagnose(target: TargetAdapter, inputs: TargetInputs) -> list[Finding]:
+    """Sections (1) and (2): the row-wise operations and the attention calls."""
+    return rowwise_findings(target) + attention_findings(target, inputs)
 
 
 def format_findings(findings: list[Finding]) -> str:
@@ -77,8 +73,8 @@ def _rowwise(name: str, fn: Callable[[Tensor], Tensor], width: int, counts: tupl
     worst = []
     for n in counts:
         batch = fn(rows[:n][None])[0]
-        worst += [(_diff(batch[i], alone[i]), n) for i in (0, n - 1)]
-    return _finding("row-wise", name, worst, "rows")
+        worst += [(max_diff(batch[i], alone[i]), n) for i in (0, n - 1)]
+    return worst_finding("row-wise", name, worst, "rows")
 
 
 def _rotary_findings(target: TargetAdapter, decoder: nn.Module, counts: tuple[int, ...]) -> list[Finding]:
@@ -101,9 +97,9 @@ def _rotary_findings(target: TargetAdapter, decoder: nn.Module, counts: tuple[in
         for n in counts:
             positions = torch.arange(97, 97 + n)
             batch = tables(positions, layer_type)
-            worst += [(_diff(batch[i], tables(positions[i : i + 1], layer_type)[0]), n) for i in (0, n - 1)]
+            worst += [(max_diff(batch[i], tables(positions[i : i + 1], layer_type)[0]), n) for i in (0, n - 1)]
         label = "rotary" + ("/M-RoPE" if mrope else "") + (f" ({layer_type})" if takes_type and layer_type else "")
-        findings.append(_finding("row-wise", label, worst, "positions"))
+        findings.append(worst_finding("row-wise", label, worst, "positions"))
     return findings
 
 
@@ -118,7 +114,7 @@ def attention_findings(target: TargetAdapter, inputs: TargetInputs) -> list[Find
             k, v = key[:, :, :keep], value[:, :, :keep]
             for name, diff in _attention_variants(module, query, k, v, kwargs).items():
                 variants.setdefault(name, []).append((diff, layer))
-    return [_finding("attention", name, worst, "layers") for name, worst in variants.items()]
+    return [worst_finding("attention", name, worst, "layers") for name, worst in variants.items()]
 
 
 def _capture_decode_step(target: TargetAdapter, inputs: TargetInputs) -> list[tuple]:
@@ -155,14 +151,14 @@ def _attention_variants(module: nn.Module, query: Tensor, key: Tensor, value: Te
             exact_tree_attention(module, query, key, value, gathered, **kwargs)[0][0, 0],
         "eager, fp32 softmax": _eager(query, k, v, None, kwargs),
     }
-    diffs = {name: _diff(result, reference) for name, result in out.items()}
+    diffs = {name: max_diff(result, reference) for name, result in out.items()}
     extra_mask = torch.cat([torch.ones(visible, dtype=torch.bool), torch.zeros(EXTRA, dtype=torch.bool)])
     k_extra, v_extra = (torch.cat([t, t[:, :, -1:].expand(-1, -1, EXTRA, -1)], 2) for t in (k, v))
-    diffs["eager: +masked keys vs eager"] = _diff(_eager(query, k_extra, v_extra, extra_mask, kwargs),
+    diffs["eager: +masked keys vs eager"] = max_diff(_eager(query, k_extra, v_extra, extra_mask, kwargs),
                                                   out["eager, fp32 softmax"])
     if window and length > window:
         by_mask = torch.arange(length) >= length - window
-        diffs["sliding window by mask over all keys (masked path)"] = _diff(
+        diffs["sliding window by mask over all keys (masked path)"] = max_diff(
             _sdpa(module, query, key, value, by_mask.view(1, 1, 1, -1), kwargs), reference)
     return diffs
 
@@ -196,50 +192,12 @@ def _eager(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, kwarg
     return torch.matmul(weights.to(query.dtype), value)[0, :, 0]
 
 
-# ---- (3) the whole path against the stock model ---------------------------------------------------------------
-@torch.no_grad()
-def model_findings(target: TargetAdapter, stock: PreTrainedModel, inputs: TargetInputs,
-                   max_new_tokens: int) -> list[Finding]:
-    from dream.engine import generate  # the engine imports the target package
-    from dream.pld import PromptLookupProposer
-
-    ids, kwargs = inputs.input_ids, inputs.model_kwargs
-    stock_logits = stock(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1, **kwargs).logits
-    findings = []
-    for name, options in {"prefill": {}, "prefill, all rows through the head": {"all_logits": True},
-                          "prefill with visual-score statistics": {"visual_scores": True}}.items():
-        logits = target.prefill(inputs, target.new_cache(), **options).logits[0, -1]
-        findings.append(_finding("model", f"{name} vs generate()'s", [(_diff(logits, stock_logits[0, -1]), 0)],
-                                 "last logits"))
-    reference = stock.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs, do_sample=False,
-                               max_new_tokens=max_new_tokens)[0, ids.shape[1]:].tolist()
-    saved = target.verify_mode
-    try:
-        for mode in VERIFY_MODES:
-            target.verify_mode = mode
-            for method in ("ar", "pld"):
-                proposer = PromptLookupProposer(image_token_id=target.image_token_id) if method == "pld" else None
-                tokens = generate(target, inputs, proposer=proposer, max_new_tokens=max_new_tokens).token_ids
-                findings.append(_token_finding(f"{method} tokens, {mode} path", tokens, reference))
-    finally:
-        target.verify_mode = saved
-    return findings
-
-
-def _token_finding(name: str, tokens: list[int], reference: list[int]) -> Finding:
-    first = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), None)
-    if first is None and len(tokens) != len(reference):
-        first = min(len(tokens), len(reference))
-    detail = f"equal to generate() over {len(reference)} tokens" if first is None else f"first mismatch at {first}"
-    return Finding("model", name, first is not None, detail)
-
-
 # ---- helpers --------------------------------------------------------------------------------------------------
-def _diff(a: Tensor, b: Tensor) -> float:
+def max_diff(a: Tensor, b: Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
-def _finding(section: str, name: str, worst: list[tuple[float, int]], unit: str) -> Finding:
+def worst_finding(section: str, name: str, worst: list[tuple[float, int]], unit: str) -> Finding:
     """worst: (max |diff|, where) per probe."""
     bad = sorted({where for diff, where in worst if diff > 0})
     top = max(diff for diff, _ in worst)
