@@ -19,7 +19,8 @@ from time import perf_counter, process_time
 import torch
 from transformers import AutoModelForImageTextToText
 
-from dream.bench.prompts import HELDOUT_PROMPTS, read_prompts, user_messages
+from dream.bench.prompts import HELDOUT_PROMPTS, read_prompts
+from dream.chat import user_messages
 from dream.draft import DraftProposer, load_draft
 from dream.engine import generate
 from dream.methods import CPU_TREE

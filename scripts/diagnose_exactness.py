@@ -14,8 +14,10 @@ import argparse
 
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-from dream.bench.prompts import HELDOUT_PROMPTS, load_image, read_prompts, user_messages
+from dream.bench.prompts import HELDOUT_PROMPTS, read_prompts
 from dream.bench.wholepath import diagnose_with_model
+from dream.chat import user_messages
+from dream.images import read_image
 from dream.settings import DTYPES, torch_dtype
 from dream.target.diagnose import format_findings
 from dream.target.loading import load_target, resolve_target_path
@@ -37,7 +39,7 @@ def main() -> None:
         record = read_prompts(HELDOUT_PROMPTS, limit=1)[0]
         prompt, images = record.prompt, [record.image]
     else:
-        prompt, images = args.prompt, [load_image(args.image)] if args.image else []
+        prompt, images = args.prompt, [read_image(args.image)] if args.image else []
     inputs = target.build_inputs(user_messages(prompt, bool(images)), images)
     stock = None
     if not args.no_model:

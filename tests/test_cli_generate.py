@@ -14,7 +14,7 @@ from fixtures import tiny_image
 
 import dream.commands.generate as generate_command
 from dream.cli import main
-from dream.bench.prompts import user_messages
+from dream.chat import user_messages
 from dream.draft import save_draft
 from dream.engine import generate
 from dream.target import TargetAdapter

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from dream.chat import user_messages  # noqa: F401  (its home is dream.chat; kept importable here)
 from dream.images import read_image as load_image
 
 ASSETS_PROMPTS = Path(__file__).resolve().parents[1] / "assets" / "prompts"
@@ -37,13 +38,6 @@ class PromptRecord:
     category: str | None
     answer: str | None
 
-
-
-def user_messages(prompt: str, with_image: bool) -> list[dict]:
-    """The chat the target sees: one user message, the image first (the SmolVLM / LLaVA convention)."""
-    content: list[dict] = [{"type": "image"}] if with_image else []
-    content.append({"type": "text", "text": prompt})
-    return [{"role": "user", "content": content}]
 
 
 def read_prompts(path: str | Path, *, limit: int | None = None) -> list[PromptRecord]:

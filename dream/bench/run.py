@@ -29,7 +29,8 @@ from dream.bench.hf import hf_generate
 from dream.methods import PLAIN, Method, make_proposer
 from dream.engine import generate
 from dream.metrics import GenerationMetrics
-from dream.bench.prompts import PromptRecord, user_messages
+from dream.bench.prompts import PromptRecord
+from dream.chat import user_messages
 from dream.sampling import SamplingConfig
 from dream.target import TargetAdapter, TargetInputs
 from dream.tree import TreeConfig

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from dream.bench.prompts import load_image, user_messages
+from dream.chat import user_messages
 from dream.commands.common import (
     add_batch_invariant_argument,
     add_device_argument,
@@ -28,6 +28,7 @@ from dream.commands.common import (
     tree_from_args,
 )
 from dream.engine import generate
+from dream.images import read_image
 from dream.methods import SHIPPED_DRAFTS, DraftSpec, draft_spec, is_zoo_name, load_methods, make_proposer
 from dream.sampling import SamplingConfig
 from dream.settings import torch_dtype
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
     tree = tree_from_args(args)
     # Cheap checks first: a wrong image or draft fails before the target is loaded.
-    image = load_image(args.image) if args.image is not None else None
+    image = read_image(args.image) if args.image is not None else None
     draft = draft_spec(args.draft) if args.draft is not None else None
     name, draft_path = choose_method(args.method, draft, args.target)
     dtype = torch_dtype(args.dtype)

@@ -18,6 +18,7 @@ from typing import Any
 
 from PIL import Image
 
+from dream.chat import user_turn
 from dream.serving.export import exported_draft
 
 BASE, NGRAM = "base", "ngram"
@@ -90,10 +91,8 @@ def _use_every_core() -> None:
 
 
 def chat_messages(prompt: str, image: Image.Image | None) -> list[dict[str, Any]]:
-    """One user turn, the image first (the harness's dream.bench.prompts.user_messages, in vLLM's format)."""
-    content: list[dict[str, Any]] = [] if image is None else [{"type": "image_pil", "image_pil": image}]
-    content.append({"type": "text", "text": prompt})
-    return [{"role": "user", "content": content}]
+    """dream.chat's user turn in vLLM's format: its image part carries the image itself."""
+    return user_turn(prompt, None if image is None else {"type": "image_pil", "image_pil": image})
 
 
 @dataclass(frozen=True)
