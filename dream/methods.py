@@ -22,6 +22,7 @@ from dream.pld import PromptLookupProposer
 from dream.proposer import Proposer
 from dream.sampling import SamplingConfig
 from dream.target import TargetAdapter
+from dream.target.loading import is_zoo_name  # noqa: F401  (its home is the zoo resolver; kept importable here)
 from dream.tree import TreeConfig
 
 log = logging.getLogger(__name__)
@@ -88,12 +89,6 @@ def shipped_drafts() -> list[DraftSpec]:
         else:
             log.warning("shipped %s draft not found at %s: skipping it", name, path)
     return found
-
-
-def is_zoo_name(target: str) -> bool:
-    from dream.zoo.build import ZOO
-
-    return target in ZOO
 
 
 def parse_keep_ratios(text: str | None) -> list[float]:

