@@ -39,7 +39,7 @@ from dream.settings import cache_root, cpu_kind
 
 POLICIES = ("auto", "on", "off")
 DEFAULT_MAX_COST = 0.05  # "auto" pads where that makes a decoding step at most 5 % slower
-PAD_CANDIDATES = (1, 2, 4, 8, 16)
+PAD_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
 PROBE_ROWS = (*range(1, 21), 24, 32, 48, 64)  # a decoding step and tree verifies
 PROBE_OUTPUTS = 1 << 18  # outputs compared per row count
 
