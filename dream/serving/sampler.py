@@ -41,12 +41,11 @@ target rows. A request with top-k and no top-p then takes the CPU-only branch `a
 (vllm/v1/sample/ops/topk_topp_sampler.py), whose `k.max()` on an empty tensor raises, and the engine
 dies. `apply_top_k_only_guarded` returns the empty logits as they are and calls upstream's otherwise.
 
-The fix replaces exactly that one adapter, `vllm.utils.cpu_triton_utils._expand_kernel_impl`, with
-`expand_kernel_impl` below: the same expansion in plain torch, written into `output` in its own dtype,
-and wraps `apply_top_k_only` as above.
-The module attribute is swapped (not the dispatcher entry) because the platform registers its
-overrides in each worker *after* the general plugins run, reading the attribute at that moment.
-Nothing else of vLLM changes. Set DREAM_VLLM_CPU_SAMPLER_FIX=0 to keep upstream's two functions (the
+The fix replaces exactly the broken adapter, `vllm.utils.cpu_triton_utils._expand_kernel_impl`, with
+`expand_kernel_impl` below (the same expansion in plain torch, written into `output` in its own dtype),
+and wraps `apply_top_k_only` as above. The module attribute is swapped (not the dispatcher entry)
+because the platform registers its overrides in each worker *after* the general plugins run, reading
+the attribute at that moment. The rejection kernels stay vLLM's; nothing else of vLLM changes. Set DREAM_VLLM_CPU_SAMPLER_FIX=0 to keep upstream's two functions (the
 tests' negative control).
 """
 
