@@ -59,14 +59,6 @@ def draft_architecture(name: str) -> str:
     return "eagle2" if name == "eagle2" else "dream"
 
 
-def parse_draft_arg(text: str) -> DraftSpec:
-    """`NAME=DIR`, or a bare `DIR` named after its architecture; the config is read and checked here."""
-    name, sep, path = text.partition("=")
-    if not sep or "/" in name:          # a bare directory whose path happens to contain "="
-        name, path = "", text
-    return draft_spec(Path(path), name or None)
-
-
 def draft_spec(path: Path, name: str | None = None) -> DraftSpec:
     """A draft directory under a method name (default: its architecture), config read and checked."""
     path = path.expanduser()
@@ -89,19 +81,6 @@ def shipped_drafts() -> list[DraftSpec]:
         else:
             log.warning("shipped %s draft not found at %s: skipping it", name, path)
     return found
-
-
-def parse_keep_ratios(text: str | None) -> list[float]:
-    if not text:
-        return []
-    try:
-        ratios = [float(part) for part in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--keep-ratios must be comma-separated numbers, got {text!r}") from None
-    bad = [r for r in ratios if not 0.0 < r <= 1.0]
-    if bad:
-        raise ValueError(f"keep ratios must be in (0, 1], got {bad}")
-    return ratios
 
 
 def keep_ratio_name(ratio: float) -> str:
@@ -142,16 +121,6 @@ def plan_method_names(drafts: list[DraftSpec], keep_ratios: list[float],
     if not any(n in PLAIN for n in selected):
         raise ValueError(f"the methods must include a plain baseline ({' or '.join(PLAIN)}) to measure speedups")
     return [n for n in names if n in selected]
-
-
-def parse_methods(text: str | None) -> list[str] | None:
-    """`--methods ar,hf,dream` -> the names (None when not given)."""
-    if text is None:
-        return None
-    names = [part.strip() for part in text.split(",")]
-    if not all(names):
-        raise ValueError(f"--methods must be comma-separated method names, got {text!r}")
-    return names
 
 
 def make_proposer(method: Method, target: TargetAdapter, tree: TreeConfig, sampling: SamplingConfig,

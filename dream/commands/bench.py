@@ -36,18 +36,12 @@ from dream.commands.common import (
     add_target_argument,
     add_threads_argument,
     add_tree_arguments,
-    set_threads,
-)
-from dream.methods import (
-    CPU_TREE,
-    is_zoo_name,
-    load_methods,
     parse_draft_arg,
     parse_keep_ratios,
     parse_methods,
-    plan_method_names,
-    shipped_drafts,
+    set_threads,
 )
+from dream.methods import CPU_TREE, is_zoo_name, load_methods, plan_method_names, shipped_drafts
 from dream.sampling import SamplingConfig
 from dream.settings import torch_dtype
 from dream.target import load_target, resolve_target_path

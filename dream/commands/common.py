@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
-from dream.methods import CPU_TREE
+from dream.methods import CPU_TREE, DraftSpec, draft_spec
 from dream.settings import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DEVICES, resolve_dtype_name
 from dream.target.invariance import POLICIES
 from dream.tree import TreeConfig
@@ -65,3 +66,35 @@ def set_threads(threads: int | None) -> None:
     if threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
+
+
+# ---- flag strings -> library values --------------------------------------------------------------------------
+def parse_draft_arg(text: str) -> DraftSpec:
+    """`NAME=DIR`, or a bare `DIR` named after its architecture; the config is read and checked here."""
+    name, sep, path = text.partition("=")
+    if not sep or "/" in name:          # a bare directory whose path happens to contain "="
+        name, path = "", text
+    return draft_spec(Path(path), name or None)
+
+
+def parse_keep_ratios(text: str | None) -> list[float]:
+    if not text:
+        return []
+    try:
+        ratios = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--keep-ratios must be comma-separated numbers, got {text!r}") from None
+    bad = [r for r in ratios if not 0.0 < r <= 1.0]
+    if bad:
+        raise ValueError(f"keep ratios must be in (0, 1], got {bad}")
+    return ratios
+
+
+def parse_methods(text: str | None) -> list[str] | None:
+    """`--methods ar,hf,dream` -> the names (None when not given)."""
+    if text is None:
+        return None
+    names = [part.strip() for part in text.split(",")]
+    if not all(names):
+        raise ValueError(f"--methods must be comma-separated method names, got {text!r}")
+    return names

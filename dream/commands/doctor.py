@@ -23,9 +23,10 @@ from dream.commands.common import (
     add_dtype_argument,
     add_target_argument,
     add_threads_argument,
+    parse_draft_arg,
     set_threads,
 )
-from dream.methods import is_zoo_name, load_methods, parse_draft_arg, shipped_drafts
+from dream.methods import is_zoo_name, load_methods, shipped_drafts
 from dream.settings import torch_dtype
 from dream.target import load_target
 
