@@ -52,6 +52,10 @@ from dream.draft.config import DraftConfig
 from dream.serving.export import ExportedConfig, read_exported_config
 from dream.target.identity import check_same_target
 
+# Text model types whose token embeddings are scaled by sqrt(hidden_size) (vLLM's Gemma models multiply the
+# shared embedding's output by a `normalizer`; the harness's input stream has it too): the draft must do the same.
+SCALED_EMBEDDING_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text")
+
 # Checkpoint tensor name fragment -> (vLLM parameter fragment, shard id) for vLLM's fused projections.
 _STACKED = {
     ".self_attn.q_proj.": (".self_attn.qkv_proj.", "q"),
@@ -232,6 +236,10 @@ class EagleDreamDraft(nn.Module, SupportsMultiModalEmbeddings):
         if self.image_token_id is None:
             self.image_token_id = getattr(target_config, "image_token_index", None)
         self._reduced_head: torch.Tensor | None = None   # [V_draft, H] rows of the shared head, made on first use
+        text_config = vllm_config.model_config.hf_text_config
+        self.embed_scale: float | None = (text_config.hidden_size**0.5
+                                          if text_config.model_type in SCALED_EMBEDDING_TYPES else None)
+        self.logit_softcap: float | None = getattr(text_config, "final_logit_softcapping", None)
 
     # ---- inputs ------------------------------------------------------------------------------------------
     def embed_input_ids(
@@ -243,6 +251,9 @@ class EagleDreamDraft(nn.Module, SupportsMultiModalEmbeddings):
     ) -> torch.Tensor:
         """Token embeddings with the target's image embeddings at visual positions (the harness's input stream)."""
         embeds = self.model.embed_tokens(input_ids)
+        if self.embed_scale is not None:
+            # In the embedding's dtype, as the target does (vLLM's Gemma normalizer buffer, HF's embed_scale).
+            embeds = embeds * torch.tensor(self.embed_scale, dtype=embeds.dtype, device=embeds.device)
         if multimodal_embeddings is None or len(multimodal_embeddings) == 0:
             return embeds
         assert is_multimodal is not None
@@ -275,6 +286,8 @@ class EagleDreamDraft(nn.Module, SupportsMultiModalEmbeddings):
                 weight = self.lm_head.weight
                 self._reduced_head = weight.index_select(0, vocab_map.to(weight.device)).to(hidden_states.dtype)
             reduced = torch.nn.functional.linear(hidden_states, self._reduced_head)
+        if self.logit_softcap:
+            reduced = self.logit_softcap * torch.tanh(reduced / self.logit_softcap)    # as the target's head
         if self.image_token_id is not None:
             reduced = reduced.masked_fill(vocab_map == self.image_token_id, float("-inf"))
         logits = reduced.new_full((reduced.shape[0], self.vocab_size), float("-inf"))

@@ -16,6 +16,7 @@ from dream.serving.export import DRAFT_ARCHITECTURE
 TARGET_OVERRIDES = {
     "Idefics3ForConditionalGeneration": "dream.serving.targets:DreamIdefics3ForConditionalGeneration",
     "SmolVLMForConditionalGeneration": "dream.serving.targets:DreamSmolVLMForConditionalGeneration",
+    "Gemma3ForConditionalGeneration": "dream.serving.targets:DreamGemma3ForConditionalGeneration",
 }
 
 

@@ -1,4 +1,4 @@
-"""vLLM target models with what vLLM's EAGLE proposer needs and its Idefics3 / SmolVLM classes lack.
+"""vLLM target models with what vLLM's EAGLE proposer needs and its Idefics3 / SmolVLM / Gemma3 classes lack.
 
 The proposer (vllm/v1/spec_decode/llm_base_proposer.py, `load_model`) reads from a multimodal target:
 - `config.image_token_index`, copied onto the draft's config (Idefics3's config calls it image_token_id);
@@ -7,20 +7,30 @@ The proposer (vllm/v1/spec_decode/llm_base_proposer.py, `load_model`) reads from
 The features the draft needs are the target's post-norm final hidden states, which every vLLM target
 already returns from `forward` (method "eagle" uses them as they are; no auxiliary layers).
 
+Gemma3's multimodal class has the image token and a language model with `.model` and `.lm_head` already;
+it lacks only the `SupportsEagle` flag (the model runner refuses an EAGLE drafter without it).
+
 The subclasses change nothing else: same weights, same outputs, same processor (inherited registration).
 `plugin.register()` installs them under the stock architecture names (plugin.TARGET_OVERRIDES), so a stock checkpoint loads into them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from vllm.config import VllmConfig
-from vllm.model_executor.models.idefics3 import Idefics3ForConditionalGeneration
-from vllm.model_executor.models.interfaces import SupportsEagle
-from vllm.model_executor.models.smolvlm import SmolVLMForConditionalGeneration
+
+from dream.serving import compat
+
+compat.install()   # before vLLM's Gemma3 model file is imported (see dream.serving.compat)
+
+from vllm.config import VllmConfig  # noqa: E402
+from vllm.model_executor.models.gemma3_mm import Gemma3ForConditionalGeneration  # noqa: E402
+from vllm.model_executor.models.idefics3 import Idefics3ForConditionalGeneration  # noqa: E402
+from vllm.model_executor.models.interfaces import SupportsEagle  # noqa: E402
+from vllm.model_executor.models.smolvlm import SmolVLMForConditionalGeneration  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -56,3 +66,23 @@ class DreamSmolVLMForConditionalGeneration(_Idefics3EagleMixin, SmolVLMForCondit
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._expose_image_token()
+
+
+class DreamGemma3ForConditionalGeneration(Gemma3ForConditionalGeneration, SupportsEagle):
+    """Gemma3 with the EAGLE flag; config.image_token_index and get_language_model() are stock.
+
+    It also loads the checkpoints transformers 5.x writes: their vision tower's tensors are named
+    `vision_tower.embeddings...` / `model.vision_tower.embeddings...`, without the `vision_model.` level that
+    the hub's Gemma3 checkpoints (and vLLM's SiglipVisionModel) have.
+    """
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return super().load_weights((_with_vision_model_level(name), w) for name, w in weights)
+
+
+def _with_vision_model_level(name: str) -> str:
+    for prefix in ("vision_tower.", "model.vision_tower."):
+        if name.startswith(prefix) and not name.startswith(prefix + "vision_model."):
+            return prefix + "vision_model." + name[len(prefix):]
+    return name
+
