@@ -8,7 +8,7 @@ processor, chat template) that loads exactly like a user's checkpoint through
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -61,6 +61,9 @@ _FAMILY_SPECIALS = {
     "qwen2_vl": _QWEN_TOKENS,
     "qwen2_5_vl": _QWEN_TOKENS,
 }
+# Ordinary (non-special) tokens matched whole. vLLM's Gemma3 processor looks up "\n" .. "\n\n\n\n" in the
+# vocabulary (Gemma's tokenizer has each as one token) to merge the newlines around an image as it would.
+_FAMILY_WORDS = {"gemma3": ["\n", "\n\n", "\n\n\n", "\n\n\n\n"]}
 
 
 def chat_template(image_placeholder: str | None) -> str:
@@ -79,14 +82,18 @@ def chat_template(image_placeholder: str | None) -> str:
 def build_tokenizer(family: str) -> tf.PreTrainedTokenizerFast:
     """Byte-level tokenizer without merges: every byte is a token, plus the family's special tokens."""
     specials = _BASE_SPECIALS + _FAMILY_SPECIALS.get(family, [])
+    words = _FAMILY_WORDS.get(family, [])
     vocab = {tok: i for i, tok in enumerate(specials)}
     for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[ch] = len(vocab)
+    for word in words:
+        vocab[word] = len(vocab)
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     # Registered on the backend too, so a reloaded tokenizer still matches them whole.
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in words])
     extra = {}
     if family == "gemma3":
         # Gemma3Processor reads these names off the tokenizer.
@@ -136,30 +143,30 @@ def _vision_kwargs(**over) -> dict:
     return base
 
 
-def _gemma3_text(tok) -> tf.Gemma3TextConfig:
+def _gemma3_text(tok, text: dict) -> tf.Gemma3TextConfig:
+    text = {"layer_types": ["sliding_attention", "full_attention", "sliding_attention"], **text}
     return tf.Gemma3TextConfig(
-        **_text_kwargs(tok, num_hidden_layers=3, query_pre_attn_scalar=16),
+        **_text_kwargs(tok, num_hidden_layers=len(text["layer_types"]), query_pre_attn_scalar=16, **text),
         sliding_window=GEMMA3_WINDOW,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
     )
 
 
-def _llama(tok):
-    return tf.LlamaForCausalLM(tf.LlamaConfig(**_text_kwargs(tok))), None
+def _llama(tok, text):
+    return tf.LlamaForCausalLM(tf.LlamaConfig(**_text_kwargs(tok, **text))), None
 
 
-def _gemma3_text_lm(tok):
-    return tf.Gemma3ForCausalLM(_gemma3_text(tok)), None
+def _gemma3_text_lm(tok, text):
+    return tf.Gemma3ForCausalLM(_gemma3_text(tok, text)), None
 
 
 def _clip_image_processor(size: int = 32) -> tf.CLIPImageProcessor:
     return tf.CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
-def _llava(tok):
+def _llava(tok, text):
     cfg = tf.LlavaConfig(
         vision_config=tf.CLIPVisionConfig(**_vision_kwargs(projection_dim=32)),
-        text_config=tf.LlamaConfig(**_text_kwargs(tok)),
+        text_config=tf.LlamaConfig(**_text_kwargs(tok, **text)),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         image_seq_length=16,
         vision_feature_layer=-1,
@@ -175,11 +182,11 @@ def _llava(tok):
     return tf.LlavaForConditionalGeneration(cfg), proc
 
 
-def _llava_next(tok):
+def _llava_next(tok, text):
     pinpoints = [[32, 32], [32, 64], [64, 32]]
     cfg = tf.LlavaNextConfig(
         vision_config=tf.CLIPVisionConfig(**_vision_kwargs(projection_dim=32)),
-        text_config=tf.LlamaConfig(**_text_kwargs(tok)),
+        text_config=tf.LlamaConfig(**_text_kwargs(tok, **text)),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=pinpoints,
         vision_feature_layer=-1,
@@ -198,10 +205,10 @@ def _llava_next(tok):
     return tf.LlavaNextForConditionalGeneration(cfg), proc
 
 
-def _pixtral(tok):
+def _pixtral(tok, text):
     cfg = tf.LlavaConfig(
         vision_config=tf.PixtralVisionConfig(**_vision_kwargs(head_dim=16)),
-        text_config=tf.MistralConfig(**_text_kwargs(tok, sliding_window=None)),
+        text_config=tf.MistralConfig(**_text_kwargs(tok, sliding_window=None, **text)),
         image_token_index=tok.convert_tokens_to_ids("[IMG]"),
         vision_feature_layer=-1,
         vision_feature_select_strategy="full",
@@ -212,10 +219,10 @@ def _pixtral(tok):
     return tf.LlavaForConditionalGeneration(cfg), image_proc
 
 
-def _idefics_parts(tok, config_cls, vision_cls, image_proc_cls):
+def _idefics_parts(tok, text, config_cls, vision_cls, image_proc_cls):
     cfg = config_cls(
         vision_config=vision_cls(**_vision_kwargs()),
-        text_config=tf.LlamaConfig(**_text_kwargs(tok)),
+        text_config=tf.LlamaConfig(**_text_kwargs(tok, **text)),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         scale_factor=2,
     )
@@ -227,9 +234,9 @@ def _idefics_parts(tok, config_cls, vision_cls, image_proc_cls):
     return cfg, image_proc
 
 
-def _idefics3(tok):
+def _idefics3(tok, text):
     cfg, image_proc = _idefics_parts(
-        tok, tf.Idefics3Config, tf.Idefics3VisionConfig, tf.Idefics3ImageProcessor
+        tok, text, tf.Idefics3Config, tf.Idefics3VisionConfig, tf.Idefics3ImageProcessor
     )
     proc = tf.Idefics3Processor(
         image_processor=image_proc, tokenizer=tok, image_seq_len=4, chat_template=tok.chat_template
@@ -237,33 +244,38 @@ def _idefics3(tok):
     return tf.Idefics3ForConditionalGeneration(cfg), proc
 
 
-def _smolvlm(tok):
-    cfg, image_proc = _idefics_parts(tok, tf.SmolVLMConfig, tf.SmolVLMVisionConfig, tf.SmolVLMImageProcessor)
+def _smolvlm(tok, text):
+    cfg, image_proc = _idefics_parts(tok, text, tf.SmolVLMConfig, tf.SmolVLMVisionConfig, tf.SmolVLMImageProcessor)
     # SmolVLMProcessor cannot be built without torchvision: ship the image processor alone.
     return tf.SmolVLMForConditionalGeneration(cfg), image_proc
 
 
-def _gemma3(tok):
+def _gemma3(tok, text):
+    text = dict(text)
+    image_tokens = text.pop("mm_tokens_per_image", 4)     # not a text-config field: soft tokens per image
     cfg = tf.Gemma3Config(
         vision_config=tf.SiglipVisionConfig(**_vision_kwargs()),
-        text_config=_gemma3_text(tok),
-        mm_tokens_per_image=4,
+        # Tied, as transformers ties Gemma3 by the outer config's default; said in the text config too, which
+        # is where vLLM reads it (the checkpoint then has no lm_head tensor).
+        text_config=_gemma3_text(tok, {"tie_word_embeddings": True, **text}),
+        mm_tokens_per_image=image_tokens,
         boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
         eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
         image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
     )
     image_proc = tf.Gemma3ImageProcessor(size={"height": 32, "width": 32})
     proc = tf.Gemma3Processor(
-        image_processor=image_proc, tokenizer=tok, image_seq_length=4, chat_template=tok.chat_template
+        image_processor=image_proc, tokenizer=tok, image_seq_length=image_tokens, chat_template=tok.chat_template
     )
     return tf.Gemma3ForConditionalGeneration(cfg), proc
 
 
-def _qwen(tok, config_cls, text_cls, vision_cfg, model_cls):
+def _qwen(tok, text_over, config_cls, text_cls, vision_cfg, model_cls):
     ids = {name: tok.convert_tokens_to_ids(t) for name, t in zip(("vs", "img", "ve", "vid"), _QWEN_TOKENS)}
-    # mrope_section splits head_dim / 2 = 8 rotary frequencies over (time, height, width).
-    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
-    text = text_cls(**_text_kwargs(tok), rope_parameters=rope)
+    # mrope_section splits head_dim / 2 rotary frequencies (8 at head_dim 16) over (time, height, width).
+    k = text_over.get("head_dim", 16) // 16
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2 * k, 3 * k, 3 * k]}
+    text = text_cls(**_text_kwargs(tok, **text_over), rope_parameters=rope)
     cfg = config_cls(
         vision_config=vision_cfg,
         text_config=text,
@@ -279,14 +291,14 @@ def _qwen(tok, config_cls, text_cls, vision_cfg, model_cls):
     return model_cls(cfg), image_proc
 
 
-def _qwen2_vl(tok):
+def _qwen2_vl(tok, text):
     vision = tf.Qwen2VLVisionConfig(
         depth=1, embed_dim=32, hidden_size=64, num_heads=2, patch_size=8, spatial_merge_size=2
     )
-    return _qwen(tok, tf.Qwen2VLConfig, tf.Qwen2VLTextConfig, vision, tf.Qwen2VLForConditionalGeneration)
+    return _qwen(tok, text, tf.Qwen2VLConfig, tf.Qwen2VLTextConfig, vision, tf.Qwen2VLForConditionalGeneration)
 
 
-def _qwen2_5_vl(tok):
+def _qwen2_5_vl(tok, text):
     vision = tf.Qwen2_5_VLVisionConfig(
         depth=2,
         hidden_size=32,
@@ -298,7 +310,7 @@ def _qwen2_5_vl(tok):
         window_size=32,
         fullatt_block_indexes=[1],
     )
-    return _qwen(tok, tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLTextConfig, vision, tf.Qwen2_5_VLForConditionalGeneration)
+    return _qwen(tok, text, tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLTextConfig, vision, tf.Qwen2_5_VLForConditionalGeneration)
 
 
 _BUILDERS: dict[str, Callable] = {
@@ -315,15 +327,18 @@ _BUILDERS: dict[str, Callable] = {
 }
 
 
-def build_tiny_target(family: str, path: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random checkpoint of `family` into `path` (created) and return the path."""
+def build_tiny_target(family: str, path: str | Path, seed: int = 0, **text: Any) -> Path:
+    """Write a tiny random checkpoint of `family` into `path` (created) and return the path.
+
+    `text` overrides text-config fields (e.g. head_dim=32: vLLM's CPU attention has no kernel for 16; Gemma3's
+    layer_types, whose length sets the layer count); for gemma3 also mm_tokens_per_image (a square, default 4)."""
     if family not in _BUILDERS:
         raise ValueError(f"unknown fixture family {family!r}; choose from {FAMILIES}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     tok = build_tokenizer(family)
-    model, processor = _BUILDERS[family](tok)
+    model, processor = _BUILDERS[family](tok, text)
     model.eval().save_pretrained(path)
     tok.save_pretrained(path)
     if processor is not None:
