@@ -1,5 +1,6 @@
-"""The vLLM plugin on tiny targets of other VLM families than Idefics3 / SmolVLM, fp32, with images (skipped
-without vLLM, failed under CI=true).
+"""The vLLM plugin on tiny targets of each VLM family vLLM can build here: Gemma3, LLaVA, LLaVA-NeXT and
+Idefics3 (test_vllm_engine covers Idefics3 on the real smolvlm-135m too), fp32, with images (skipped without
+vLLM, failed under CI=true).
 
 Per family: a tiny stock checkpoint (tests/fixtures.py, sizes adjusted for vLLM: TARGET_CONFIG), a DREAM and an
 EAGLE-2 draft trained on the target's own answer to the first prompt (tests/drafts.py: a draft that gets
@@ -9,11 +10,12 @@ too), and one in-process eager engine per method (base, dream, eagle2):
   decoding (`engine.generate` without a proposer);
 - with the DREAM and the EAGLE-2 draft as vLLM speculators (image embeddings included), greedy outputs equal
   vLLM's without speculation, and the drafts are accepted;
-- the draft class inside vLLM computes what the harness's draft computes on the same rows (checks the
-  embedding scale Gemma applies to its text embeddings).
+- the draft class inside vLLM computes what the harness's draft computes on the same rows, on the prompt
+  and on its speculative steps, and its inputs are the harness's streams (this checks the embedding scale
+  Gemma applies to its text embeddings).
 
-Families vLLM cannot build here (Qwen2-VL / Qwen2.5-VL, LLaVA, LLaVA-NeXT, Pixtral: torchvision) are listed
-in docs/vllm.md, "Families".
+Families vLLM cannot build here without torchvision (Qwen2-VL / Qwen2.5-VL, Pixtral, and SmolVLM
+checkpoints of model type "smolvlm") are listed in docs/vllm.md, "Families".
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from dream.engine import generate  # noqa: E402
 from dream.serving.engine import EngineConfig, build_llm, chat_messages, close_llm, spec_counters  # noqa: E402
 from dream.target import TargetAdapter  # noqa: E402
 
-FAMILIES = ("gemma3",)
+FAMILIES = ("gemma3", "llava", "llava_next", "idefics3")
 PROMPTS = (("Describe it.", tiny_image(0, (48, 32))), ("What is in the picture?", tiny_image(1, (32, 40))))
 MAX_TOKENS = 24
 _SLIDING, _FULL = "sliding_attention", "full_attention"
@@ -49,7 +51,8 @@ _SLIDING, _FULL = "sliding_attention", "full_attention"
 # Gemma3 attends causally among an image's tokens where HF's attends both ways (docs/vllm.md, "Families");
 # with one token per image the two are the same model, and the harness is an exact oracle.
 TARGET_CONFIG = {"gemma3": dict(head_dim=32, layer_types=[_SLIDING, _SLIDING, _FULL, _SLIDING, _SLIDING],
-                              mm_tokens_per_image=1)}
+                              mm_tokens_per_image=1),
+                 **{family: dict(head_dim=32) for family in ("llava", "llava_next", "idefics3")}}
 
 
 @dataclass
