@@ -25,9 +25,10 @@ TARGET_OVERRIDES = {
 def register() -> None:
     from vllm import ModelRegistry
 
-    from dream.serving import sampler
+    from dream.serving import kernel_scan, sampler
 
     sampler.install(fixed=sampler.fix_enabled())
+    kernel_scan.install()
 
     ModelRegistry.register_model(DRAFT_ARCHITECTURE, "dream.serving.draft_model:EagleDreamDraft")
     for architecture, class_path in TARGET_OVERRIDES.items():
