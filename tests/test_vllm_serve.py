@@ -211,8 +211,8 @@ def test_remote_urls_are_refused_before_fetching_without_an_allow_list():
     from vllm.exceptions import VLLMValidationError
     from vllm.multimodal.media.image import ImageMediaIO
 
-    from dream.commands.serve import MEDIA_CONNECTOR
     from dream.serving.guard import CONNECTOR_NAME, LocalMediaConnector
+    from dream.serving.server import MEDIA_CONNECTOR
 
     assert MEDIA_CONNECTOR == CONNECTOR_NAME
     with pytest.raises(VLLMValidationError, match="remote image URLs are not fetched"):
