@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 
 from dream.draft import DraftCheckpoint, DraftProposer, load_draft, read_draft_config
+from dream.method_names import BASELINES, PLAIN, SHIPPED_NAMES
 from dream.pld import PromptLookupProposer
 from dream.proposer import Proposer
 from dream.sampling import SamplingConfig
@@ -28,9 +29,6 @@ from dream.tree import TreeConfig
 log = logging.getLogger(__name__)
 
 SHIPPED_DRAFTS = Path(__file__).resolve().parent / "assets" / "drafts"
-SHIPPED_NAMES = ("eagle2", "dream")
-BASELINES = ("ar", "hf", "pld")     # methods without a draft, always available
-PLAIN = ("ar", "hf")                # plain decoding: the speedup baseline is the faster of these
 _DRAFT_METHOD = re.compile(r"(eagle2|dream|dream-[a-z0-9][a-z0-9._-]*)")
 
 

@@ -3,6 +3,7 @@ record's rates and intervals from prompt x pass cells, mismatches over every pas
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -11,17 +12,20 @@ from PIL import Image
 import dream.serving.bench as vllm_bench
 from dream.bench.prompts import PromptRecord
 from dream.cli import main
+from dream.commands.bench import add_arguments
+from dream.commands.common import parse_methods
 from dream.serving.bench import MethodPass, VllmBenchConfig, format_table, run_vllm_bench
-from dream.serving.engine import EngineConfig, SpecCounters
+from dream.serving.engine import EngineConfig, SpecCounters, speculative_config
+from dream.serving.server import speculator
 
 PROMPTS = [PromptRecord(i + 1, Path(f"{i}.png"), Image.new("RGB", (4, 4)), f"q{i}", "kind", None) for i in range(3)]
-# seconds per token of each method: dream twice as fast as base, eagle2 in between
-SPEED = {"base": 0.1, "ngram": 0.08, "eagle2": 0.0625, "dream": 0.05}
+# seconds per token of each method: dream twice as fast as ar, eagle2 in between
+SPEED = {"ar": 0.1, "pld": 0.08, "eagle2": 0.0625, "dream": 0.05}
 
 
 def fake_pass(method: str, pass_index: int) -> MethodPass:
     token_ids = [[7] * (4 + i) for i in range(len(PROMPTS))]
-    if method == "ngram" and pass_index == 1:
+    if method == "pld" and pass_index == 1:
         token_ids[2] = [8] * 6                                     # one mismatch, in the second pass only
     latencies = [len(ids) * SPEED[method] for ids in token_ids]
     drafted = method in ("eagle2", "dream")
@@ -46,31 +50,50 @@ def engines(monkeypatch) -> list[str]:
 def test_passes_rotate_and_the_record_has_intervals(engines):
     cfg = VllmBenchConfig(EngineConfig(target="t"), repeats=3, drafts={"eagle2": "e", "dream": "d"})
     record = run_vllm_bench(cfg, PROMPTS)
-    assert engines == ["base", "ngram", "eagle2", "dream", "ngram", "eagle2", "dream", "base",
-                       "eagle2", "dream", "base", "ngram"]
+    assert engines == ["ar", "pld", "eagle2", "dream", "pld", "eagle2", "dream", "ar",
+                       "eagle2", "dream", "ar", "pld"]
     methods = record["methods"]
     assert methods["dream"]["speedup"] == pytest.approx(2.0)
     assert methods["dream"]["vs_eagle2"] == pytest.approx(1.25)
     assert methods["dream"]["tokens_per_s_ci"] == pytest.approx([20.0, 20.0])      # no noise, no width
-    assert methods["base"]["speedup_ci"] == pytest.approx([1.0, 1.0])
+    assert methods["ar"]["speedup_ci"] == pytest.approx([1.0, 1.0])
     assert methods["dream"]["tau"] == pytest.approx(2.0)                            # 1 + 30 / 30 over passes
     assert methods["dream"]["acceptance_by_depth"] == pytest.approx([0.6, 0.4])
-    assert methods["ngram"]["mismatches"] == 1 and methods["ngram"]["mismatched_lines"] == [3]
+    assert methods["pld"]["mismatches"] == 1 and methods["pld"]["mismatched_lines"] == [3]
     assert methods["dream"]["generations"] == 9 and record["config"]["repeats"] == 3
-    assert record["prompts"][2]["outputs"]["ngram"]["token_ids"] == [7] * 6          # the first pass
+    assert record["prompts"][2]["outputs"]["pld"]["token_ids"] == [7] * 6          # the first pass
     assert "dream" in format_table(record) and "1.25x" in format_table(record)
 
 
 def test_several_in_flight_make_one_cell_per_pass(engines):
     cfg = VllmBenchConfig(EngineConfig(target="t"), concurrency=4, repeats=2)
-    record = run_vllm_bench(cfg, PROMPTS, ("base", "ngram"))
-    assert record["methods"]["ngram"]["speedup"] == pytest.approx(1.25)
-    assert "latency_s" in record["methods"]["base"] and "vs_eagle2" not in record["methods"]["base"]
+    record = run_vllm_bench(cfg, PROMPTS, ("ar", "pld"))
+    assert record["methods"]["pld"]["speedup"] == pytest.approx(1.25)
+    assert "latency_s" in record["methods"]["ar"] and "vs_eagle2" not in record["methods"]["ar"]
+
+
+def test_the_former_vllm_names_read_as_the_harness_names(engines):
+    record = run_vllm_bench(VllmBenchConfig(EngineConfig(target="t")), PROMPTS, ("base", "ngram"))
+    assert engines == ["ar", "pld"] and list(record["methods"]) == ["ar", "pld"]
+    assert parse_methods("base,ngram,dream") == ["ar", "pld", "dream"]
+    assert speculative_config("base", None, EngineConfig(target="t")) is None
+    assert speculative_config("pld", None, EngineConfig(target="t"))["method"] == "ngram"
+    assert speculator("none") == ("ar", None) and speculator("ngram") == ("pld", None)
+
+
+def test_every_bench_flag_names_its_engine():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)              # asserts that every flag is in ENGINE_FLAGS
+    parser.add_argument("--new-flag")
+    with pytest.raises(AssertionError, match="--new-flag"):
+        add_arguments(argparse.ArgumentParser(parents=[parser], add_help=False, conflict_handler="resolve"))
 
 
 @pytest.mark.parametrize("args, message", [
     (["--repeats", "0"], "--repeats must be >= 1, got 0"),
     (["--plot", "x.png"], "--engine vllm does not take --plot"),
+    (["--seed", "1", "--tree-top-k", "2"], "--engine vllm does not take --tree-top-k, --seed"),
+    (["--methods", "ar,hf"], "--engine vllm methods are ar, pld, eagle2, dream; not hf"),
 ])
 def test_vllm_bench_user_errors_are_one_line(args, message, engines, capsys):
     assert main(["bench", "--engine", "vllm", "--target", "smolvlm-135m", *args]) != 0

@@ -11,6 +11,10 @@ user error (a bad prompts line, a missing image, an unknown method, a draft for 
 that overlaps the evaluation prompts, an output path that cannot be written, a prompt too long for the
 context) is raised before the first timed generation. The loop is dream.bench.run, the report
 dream.bench.report.
+
+`--engine vllm` runs the same prompts through vLLM (dream.serving.bench) under the same method names
+(dream.method_names): ar, pld, eagle2, dream. ENGINE_FLAGS says which engine each flag is for; a flag of one
+engine given to the other is a one-line error, and a flag missing from the table fails at parser build.
 """
 
 from __future__ import annotations
@@ -52,9 +56,10 @@ DEV_PROMPTS = ASSETS_PROMPTS / "dev.jsonl"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_argument(parser)
-    parser.add_argument("--engine", choices=["harness", "vllm"], default="harness",
-                        help="harness: this project's engine (methods ar, hf, pld, drafts); vllm: vLLM with the "
-                             "dream plugin (methods base, ngram, eagle2, dream; chains, no trees)")
+    parser.add_argument("--engine", choices=[HARNESS, VLLM], default=HARNESS,
+                        help="harness: this project's engine (methods ar, hf, pld, drafts, trees); vllm: vLLM with "
+                             "the dream plugin (methods ar = no speculation, pld = its n-gram lookup, eagle2, "
+                             "dream; chains, no trees)")
     parser.add_argument("--concurrency", type=int, default=1,
                         help="--engine vllm: requests kept in flight (default 1); reports throughput and latency")
     parser.add_argument("--num-speculative-tokens", type=int, default=None, metavar="K",
@@ -64,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a draft checkpoint; NAME is eagle2, dream or dream-<ablation> (default: its "
                              "architecture). Repeatable. Default: the shipped drafts of a zoo target")
     parser.add_argument("--methods", metavar="NAME,NAME,...",
-                        help="run only these (default: ar, hf, pld and every draft); needs ar or hf")
+                        help="run only these (default: ar, hf, pld and every draft; vllm: ar, pld, eagle2, dream); "
+                             "needs ar or hf (vllm: ar). The former vLLM names base and ngram read as ar and pld")
     parser.add_argument("--prompts", type=Path, default=HELDOUT_PROMPTS,
                         help="JSON Lines {image, prompt, category}; default: the shipped held-out prompts")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -92,13 +98,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="only the first N prompts")
     parser.add_argument("--warmup", type=int, default=1, help="prompts run untimed first (default 1)")
     add_threads_argument(parser)
+    undeclared = [_flag(action) for action in parser._actions
+                  if action.option_strings and action.dest != "help" and _flag(action) not in ENGINE_FLAGS]
+    assert not undeclared, f"dream bench flags missing from ENGINE_FLAGS: {undeclared}"
+
+
+HARNESS, VLLM, BOTH = "harness", "vllm", "both"
+# The engine each flag is for (every flag of add_arguments; a new one must be added here).
+ENGINE_FLAGS = {
+    "--target": BOTH, "--engine": BOTH, "--draft": BOTH, "--methods": BOTH, "--prompts": BOTH,
+    "--temperature": BOTH, "--max-new-tokens": BOTH, "--repeats": BOTH, "--dtype": BOTH, "--json": BOTH,
+    "--limit": BOTH, "--warmup": BOTH,
+    "--concurrency": VLLM, "--num-speculative-tokens": VLLM,
+    "--device": HARNESS, "--batch-invariant": HARNESS, "--plot": HARNESS, "--keep-ratios": HARNESS,
+    "--tree": HARNESS, "--dev-prompts": HARNESS, "--tree-top-k": HARNESS, "--depth": HARNESS,
+    "--total-tokens": HARNESS, "--seed": HARNESS, "--threads": HARNESS,
+}
+
+
+def _flag(action: argparse.Action) -> str:
+    return max(action.option_strings, key=len)
+
+
+def check_engine_flags(args: argparse.Namespace) -> None:
+    """ValueError naming the flags given (not at their defaults) that --engine does not take."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    defaults = vars(parser.parse_args(["--target", args.target]))
+    foreign = [_flag(action) for action in parser._actions
+               if action.option_strings and ENGINE_FLAGS.get(_flag(action), BOTH) not in (BOTH, args.engine)
+               and getattr(args, action.dest) != defaults[action.dest]]
+    if foreign:
+        other = VLLM if args.engine == HARNESS else HARNESS
+        raise ValueError(f"--engine {args.engine} does not take {', '.join(foreign)} (--engine {other} only)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.engine == "vllm":
+    check_engine_flags(args)
+    if args.engine == VLLM:
         return run_vllm(args)
-    if args.concurrency != 1 or args.num_speculative_tokens is not None:
-        raise ValueError("--concurrency and --num-speculative-tokens apply to --engine vllm only")
     settings = BenchSettings(max_new_tokens=args.max_new_tokens, sampling=SamplingConfig(args.temperature),
                              tree=_tree(args), seed=args.seed, warmup=args.warmup, repeats=args.repeats)
     set_threads(args.threads)
@@ -187,11 +225,6 @@ def run_vllm(args: argparse.Namespace) -> int:
     from dream.serving.bench import METHODS, VllmBenchConfig, format_table, run_vllm_bench
     from dream.serving.engine import VLLM_DTYPES, EngineConfig
 
-    harness_only = {"--tree": args.tree != "fixed", "--plot": args.plot,
-                    "--keep-ratios": args.keep_ratios, "--device": args.device not in ("auto", "cpu")}
-    unsupported = [flag for flag, given in harness_only.items() if given]
-    if unsupported:
-        raise ValueError(f"--engine vllm does not take {', '.join(unsupported)}")
     check_outputs(args.json, None)
     k = CPU_TREE.depth if args.num_speculative_tokens is None else args.num_speculative_tokens
     if k < 1 or args.concurrency < 1:
@@ -201,7 +234,7 @@ def run_vllm(args: argparse.Namespace) -> int:
     methods = tuple(parse_methods(args.methods) or METHODS)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"--engine vllm methods are {', '.join(METHODS)}; unknown: {', '.join(unknown)}")
+        raise ValueError(f"--engine vllm methods are {', '.join(METHODS)}; not {', '.join(unknown)}")
     drafts = {spec.name: str(spec.path) for spec in ([parse_draft_arg(text) for text in args.draft]
                                                         or (shipped_drafts() if is_zoo_name(args.target) else []))}
     prompts = read_prompts(args.prompts, limit=args.limit)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from dream.method_names import canonical
 from dream.methods import CPU_TREE, DraftSpec, draft_spec
 from dream.settings import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DEVICES, resolve_dtype_name
 from dream.target.invariance import POLICIES
@@ -91,10 +92,11 @@ def parse_keep_ratios(text: str | None) -> list[float]:
 
 
 def parse_methods(text: str | None) -> list[str] | None:
-    """`--methods ar,hf,dream` -> the names (None when not given)."""
+    """`--methods ar,hf,dream` -> the names (None when not given); the former vLLM names base / ngram are
+    read as ar / pld (dream.method_names)."""
     if text is None:
         return None
     names = [part.strip() for part in text.split(",")]
     if not all(names):
         raise ValueError(f"--methods must be comma-separated method names, got {text!r}")
-    return names
+    return [canonical(name) for name in names]

@@ -1,4 +1,7 @@
-"""`dream bench --engine vllm`: the same prompts through vLLM with base, ngram, eagle2 and dream.
+"""`dream bench --engine vllm`: the same prompts through vLLM with ar, pld, eagle2 and dream.
+
+The method names are the harness's (dream.method_names): `ar` is vLLM without speculation, `pld` vLLM's
+n-gram prompt lookup; records made before the names were shared call them `base` and `ngram`.
 
 Per method and pass one engine (started, warmed up on the first prompt, then timed), answering one
 request at a time (or `concurrency` in flight), greedy by default. With `repeats` R the methods run R
@@ -8,9 +11,9 @@ engine holds its cores and memory, so methods cannot be interleaved per prompt a
 
 The record follows the harness bench's JSON layout (config / methods / prompts): per method `tau` (vLLM's
 spec-decode counters over all passes: 1 + accepted / drafts, the bonus token included), `tokens_per_s` and
-`speedup` over `base` with 95 % intervals (`_ci`, dream.bench.stats: cells are prompt x pass with one
+`speedup` over `ar` with 95 % intervals (`_ci`, dream.bench.stats: cells are prompt x pass with one
 request at a time; with several in flight a pass is one cell, so only passes are resampled), `vs_eagle2`
-when eagle2 ran, `mismatches` against base's token ids (every pass), `acceptance_by_depth`; per prompt
+when eagle2 ran, `mismatches` against ar's token ids (every pass), `acceptance_by_depth`; per prompt
 every method's text and token ids of the first pass. With concurrency > 1 also the per-request latency
 (median, p90) and the throughput with N requests kept in flight.
 
@@ -30,9 +33,10 @@ import numpy as np
 
 from dream.bench.prompts import PromptRecord
 from dream.bench.stats import Cells, rate_estimates
-from dream.serving.engine import BASE, EngineConfig, SpecCounters, build_llm, chat_messages, close_llm, spec_counters
+from dream.method_names import AR, PLD, VLLM_METHODS, canonical
+from dream.serving.engine import EngineConfig, SpecCounters, build_llm, chat_messages, close_llm, spec_counters
 
-METHODS = ("base", "ngram", "eagle2", "dream")
+METHODS = VLLM_METHODS
 
 
 @dataclass(frozen=True)
@@ -62,9 +66,10 @@ def run_vllm_bench(cfg: VllmBenchConfig, prompts: list[PromptRecord], methods: t
     """Run every method over `prompts`, `cfg.repeats` times; returns the JSON-ready record."""
     if cfg.concurrency < 1 or cfg.repeats < 1:
         raise ValueError(f"concurrency and repeats must be >= 1, got {cfg.concurrency} and {cfg.repeats}")
-    if BASE not in methods:
-        raise ValueError("the vLLM bench needs the base method (speedups and mismatches are against it)")
-    missing = [m for m in methods if m not in (BASE, "ngram") and m not in cfg.drafts]
+    methods = tuple(canonical(m) for m in methods)
+    if AR not in methods:
+        raise ValueError("the vLLM bench needs the ar method (speedups and mismatches are against it)")
+    missing = [m for m in methods if m not in (AR, PLD) and m not in cfg.drafts]
     if missing:
         raise ValueError(f"no draft directory for {missing}")
     passes: dict[str, list[MethodPass]] = {m: [] for m in methods}
@@ -77,8 +82,8 @@ def run_vllm_bench(cfg: VllmBenchConfig, prompts: list[PromptRecord], methods: t
 def bench_record(cfg: VllmBenchConfig, prompts: list[PromptRecord], passes: dict[str, list[MethodPass]]) -> dict:
     """The JSON-ready record of every method's passes (the same number for each)."""
     estimates = rate_estimates({name: _cells(runs, cfg.concurrency) for name, runs in passes.items()},
-                               plain=[BASE], versus="eagle2" if "eagle2" in passes else None)
-    reference = passes[BASE][0].token_ids
+                               plain=[AR], versus="eagle2" if "eagle2" in passes else None)
+    reference = passes[AR][0].token_ids
     record_methods = {}
     for name, runs in passes.items():
         counters = reduce(SpecCounters.plus, (run.counters for run in runs))
@@ -108,7 +113,7 @@ def bench_record(cfg: VllmBenchConfig, prompts: list[PromptRecord], passes: dict
         "methods": record_methods,
         "prompts": [
             {"line": p.line, "image": str(p.image_path), "prompt": p.prompt, "category": p.category,
-             "prompt_tokens": first[BASE].prompt_tokens[i],
+             "prompt_tokens": first[AR].prompt_tokens[i],
              "outputs": {name: {"text": run.texts[i], "token_ids": run.token_ids[i],
                                 "num_tokens": len(run.token_ids[i])} for name, run in first.items()}}
             for i, p in enumerate(prompts)

@@ -1,7 +1,7 @@
 """Building a vLLM engine for a target with one speculation method, and reading its spec-decode counters.
 
-Methods: `base` (no speculation), `ngram` (vLLM's prompt lookup), and a draft: `dream` / `eagle2` name
-the shipped drafts of a zoo target, or any dream draft directory. Drafts go through vLLM's EAGLE proposer
+Methods (dream.method_names, the harness's names): `ar` (no speculation), `pld` (vLLM's n-gram prompt
+lookup), and a draft: `dream` / `eagle2` name the shipped drafts of a zoo target, or any dream draft directory. Drafts go through vLLM's EAGLE proposer
 (method "eagle") with the plugin's draft class; their checkpoint is exported once (dream.serving.export).
 
 vLLM proposes a chain of `num_speculative_tokens` tokens per step (no tree), verified with its rejection
@@ -19,9 +19,9 @@ from typing import Any
 from PIL import Image
 
 from dream.chat import user_turn
+from dream.method_names import AR, PLD, canonical
 from dream.serving.export import exported_draft
 
-BASE, NGRAM = "base", "ngram"
 VLLM_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}   # dream.settings names -> vLLM's dtype names
 
 
@@ -42,10 +42,12 @@ class EngineConfig:
 
 
 def speculative_config(method: str, draft_dir: str | Path | None, cfg: EngineConfig) -> dict[str, Any] | None:
-    """vLLM's speculative_config for a method; a draft method needs its checkpoint directory."""
-    if method == BASE:
+    """vLLM's speculative_config for a method (the former names `base` / `ngram` read as ar / pld); a draft
+    method needs its checkpoint directory."""
+    method = canonical(method)
+    if method == AR:
         return None
-    if method == NGRAM:
+    if method == PLD:
         return {"method": "ngram", "num_speculative_tokens": cfg.num_speculative_tokens,
                 "prompt_lookup_max": cfg.ngram_max, "prompt_lookup_min": cfg.ngram_min}
     if draft_dir is None:
@@ -54,7 +56,7 @@ def speculative_config(method: str, draft_dir: str | Path | None, cfg: EngineCon
             "num_speculative_tokens": cfg.num_speculative_tokens}
 
 
-def build_llm(cfg: EngineConfig, method: str = BASE, draft_dir: str | Path | None = None) -> Any:
+def build_llm(cfg: EngineConfig, method: str = AR, draft_dir: str | Path | None = None) -> Any:
     """A vllm.LLM for the target with the method's speculation (stats logging on: counters are read)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _use_every_core()

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from dream.method_names import AR, PLD, SHIPPED_NAMES, canonical
 from dream.methods import SHIPPED_DRAFTS
-from dream.serving.engine import BASE, NGRAM, VLLM_DTYPES, EngineConfig, speculative_config
+from dream.serving.engine import VLLM_DTYPES, EngineConfig, speculative_config
 from dream.serving.fingerprint import check_draft_for_target
 
-NO_DRAFT = {"none": BASE, "ngram": NGRAM}   # serve's --draft spellings of the methods without a draft
+NO_DRAFT = (AR, PLD)                      # the methods without a draft (--draft also takes none / ngram for them)
 # Loaded into vLLM's API server: its --middleware imports dream.serving.guard, which registers the connector.
 GUARD_MIDDLEWARE = "dream.serving.guard.RejectEmptyContent"
 MEDIA_CONNECTOR = "dream-local"           # dream.serving.guard.CONNECTOR_NAME
@@ -36,7 +37,7 @@ MEDIA_FETCH_ENV = {"VLLM_MEDIA_FETCH_MAX_RETRIES": "1", "VLLM_IMAGE_FETCH_TIMEOU
 class ServerConfig:
     target: Path                          # the target's checkpoint directory
     served_name: str                      # the model name clients send
-    draft: str                            # dream | eagle2 (shipped), a draft directory, ngram or none
+    draft: str                            # dream | eagle2 (shipped), a draft directory, pld or ar
     dtype: str = "bf16"                   # dream.settings name: bf16 | fp32
     host: str = "127.0.0.1"
     port: int = 8000
@@ -87,9 +88,9 @@ def server_env(environ: dict[str, str]) -> dict[str, str]:
 
 def speculator(draft: str) -> tuple[str, Path | None]:
     """(engine method, draft directory or None) for serve's --draft value."""
-    if draft in NO_DRAFT:
-        return NO_DRAFT[draft], None
-    path = SHIPPED_DRAFTS / draft if draft in ("dream", "eagle2") else Path(draft)
+    if canonical(draft) in NO_DRAFT:
+        return canonical(draft), None
+    path = SHIPPED_DRAFTS / draft if draft in SHIPPED_NAMES else Path(draft)
     if not (path / "config.json").is_file():
         raise ValueError(f"--draft {draft}: not a shipped draft name nor a draft directory")
     return draft, path
