@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import sys
 import types
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,9 @@ def install() -> None:
 def _skipping_unreadable(scan: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(scan)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        hidden = {name: module for name, module in list(sys.modules.items()) if _unreadable(module)}
+        with warnings.catch_warnings():  # reading deprecated module attributes warns (torch.distributed)
+            warnings.simplefilter("ignore", FutureWarning)
+            hidden = {name: module for name, module in list(sys.modules.items()) if _unreadable(module)}
         for name in hidden:
             del sys.modules[name]
         try:
