@@ -12,12 +12,12 @@ One engine per method, run in this process (enforce_eager: no compile), on two h
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import torch
 
 from optional import require
+from vllm_hooks import record_draft_calls
 
 require("vllm")
 
@@ -44,21 +44,6 @@ class Run:
     records: list[dict[str, torch.Tensor]]   # every draft forward of the first prompt (drafts only)
 
 
-def _record_draft_calls(llm: Any) -> list[dict[str, torch.Tensor]]:
-    """Hook the draft model inside the (in-process) worker: keep every forward's inputs and output."""
-    records: list[dict[str, torch.Tensor]] = []
-
-    def install(worker: Any) -> None:
-        def hook(module: Any, args: tuple, kwargs: dict, out: tuple) -> None:
-            kept = {k: v.detach().clone() for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
-            records.append(kept | {"out": out[0].detach().clone()})
-
-        worker.model_runner.drafter.model.register_forward_hook(hook, with_kwargs=True)
-
-    llm.collective_rpc(install)
-    return records
-
-
 @pytest.fixture(scope="module")
 def prompts():
     records = read_prompts(HELDOUT_PROMPTS)
@@ -78,7 +63,7 @@ def _run(target_dir, prompts, method: str) -> Run:
     draft = SHIPPED_DRAFTS / method if method in ("dream", "eagle2") else None
     llm = build_llm(cfg, method, draft)
     try:
-        records = _record_draft_calls(llm) if draft is not None else []
+        records = record_draft_calls(llm) if draft is not None else []
         answers, first_records = [], []
         for record in prompts:
             answers.append(llm.chat(chat_messages(record.prompt, record.image),

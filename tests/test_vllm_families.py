@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from optional import require
+from vllm_hooks import record_draft_calls
 
 require("vllm")
 
@@ -94,20 +95,6 @@ def families(tmp_path_factory):
     return get
 
 
-def _record_draft_calls(llm: Any) -> list[dict[str, torch.Tensor]]:
-    records: list[dict[str, torch.Tensor]] = []
-
-    def install(worker: Any) -> None:
-        def hook(module: Any, args: tuple, kwargs: dict, out: tuple) -> None:
-            kept = {k: v.detach().clone() for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
-            records.append(kept | {"out": out[0].detach().clone()})
-
-        worker.model_runner.drafter.model.register_forward_hook(hook, with_kwargs=True)
-
-    llm.collective_rpc(install)
-    return records
-
-
 @pytest.fixture(scope="module")
 def runs(families, tmp_path_factory):
     """(family, method) -> Run; one engine each, started on first use and shut down before the next."""
@@ -125,7 +112,7 @@ def runs(families, tmp_path_factory):
                 mp.setenv("DREAM_CACHE", str(cache))        # the drafts' exports go here, not the user's cache
                 llm = build_llm(cfg, method, setup.drafts.get(method))
             try:
-                records = _record_draft_calls(llm) if method != "base" else []
+                records = record_draft_calls(llm) if method != "base" else []
                 answers, first, taus = [], [], []
                 for text, image in PROMPTS:
                     before = spec_counters(llm)
