@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from optional import require
-from vllm_hooks import record_draft_calls
+from vllm_hooks import check_speculative_steps, harness_forward, record_draft_calls
 
 require("vllm")
 
@@ -120,16 +120,6 @@ def _harness_draft(name: str):
     return draft.float().eval()
 
 
-def _harness_forward(draft, embeds: torch.Tensor, memory: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """The harness draft over rows [n, H]: row i (harness position positions[i]) reads memory rows 0..i."""
-    n = embeds.shape[0]
-    causal = torch.ones(n, n, dtype=torch.bool).tril()
-    with torch.inference_mode():            # the recorded tensors are inference tensors
-        state = draft.new_state()
-        draft.remember(state, memory[None])
-        return draft.forward_step(state, embeds[None], positions, causal, causal)[0]
-
-
 @pytest.mark.parametrize("name", ["dream", "eagle2"])
 def test_vllm_draft_forward_equals_the_harness_draft(runs, target, prompts, name):
     records = runs(name).records
@@ -150,16 +140,6 @@ def test_vllm_draft_forward_equals_the_harness_draft(runs, target, prompts, name
     torch.testing.assert_close(prefill["hidden_states"], reference.features[0], atol=2e-3, rtol=1e-4)
 
     draft = _harness_draft(name)
-    out = _harness_forward(draft, prefill["inputs_embeds"], prefill["hidden_states"], positions)
+    out = harness_forward(draft, prefill["inputs_embeds"], prefill["hidden_states"], positions)
     torch.testing.assert_close(prefill["out"], out, atol=1e-4, rtol=1e-5)
-    # Speculative steps: one row each, fed the draft's own feature of the previous step.
-    embeds, memory, previous = prefill["inputs_embeds"], prefill["hidden_states"], prefill["out"][-1]
-    for step in steps:
-        assert step["hidden_states"].shape[0] == 1
-        assert torch.equal(step["hidden_states"][0], previous)
-        embeds = torch.cat([embeds, step["inputs_embeds"]])
-        memory = torch.cat([memory, step["hidden_states"]])
-        positions = torch.cat([positions, step["positions"] + 1])
-        out = _harness_forward(draft, embeds, memory, positions)
-        torch.testing.assert_close(step["out"][-1], out[-1], atol=1e-4, rtol=1e-5)
-        previous = step["out"][-1]
+    check_speculative_steps(draft, prefill, steps, positions)

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from optional import require
-from vllm_hooks import record_draft_calls
+from vllm_hooks import check_speculative_steps, harness_forward, record_draft_calls
 
 require("vllm")
 
@@ -147,16 +147,6 @@ def test_speculative_greedy_outputs_equal_plain_vllm(runs, family, method):
     assert run.taus[0] > 2.0, run.taus     # trained on the first prompt's answer: accepted there
 
 
-def _harness_forward(draft, embeds: torch.Tensor, memory: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """The harness draft over rows [n, H]: row i (harness position positions[i]) reads memory rows 0..i."""
-    n = embeds.shape[0]
-    causal = torch.ones(n, n, dtype=torch.bool).tril()
-    with torch.inference_mode():
-        state = draft.new_state()
-        draft.remember(state, memory[None])
-        return draft.forward_step(state, embeds[None], positions, causal, causal)[0]
-
-
 @pytest.mark.parametrize("method", ("dream", "eagle2"))
 @pytest.mark.parametrize("family", FAMILIES)
 def test_vllm_draft_forward_equals_the_harness_draft(families, runs, family, method):
@@ -172,14 +162,5 @@ def test_vllm_draft_forward_equals_the_harness_draft(families, runs, family, met
     torch.testing.assert_close(prefill["hidden_states"], reference.features[0], atol=1e-4, rtol=1e-4)
     draft = setup.harness_drafts[method]
     embeds, memory, positions = prefill["inputs_embeds"], prefill["hidden_states"], prefill["positions"] + 1
-    torch.testing.assert_close(prefill["out"], _harness_forward(draft, embeds, memory, positions), atol=1e-4, rtol=1e-5)
-    # Speculative steps: one row each, fed the draft's own feature of the previous step.
-    previous = prefill["out"][-1]
-    for step in records[1:3]:
-        assert step["hidden_states"].shape[0] == 1 and torch.equal(step["hidden_states"][0], previous)
-        embeds = torch.cat([embeds, step["inputs_embeds"]])
-        memory = torch.cat([memory, step["hidden_states"]])
-        positions = torch.cat([positions, step["positions"] + 1])
-        out = _harness_forward(draft, embeds, memory, positions)
-        torch.testing.assert_close(step["out"][-1], out[-1], atol=1e-4, rtol=1e-5)
-        previous = step["out"][-1]
+    torch.testing.assert_close(prefill["out"], harness_forward(draft, embeds, memory, positions), atol=1e-4, rtol=1e-5)
+    check_speculative_steps(draft, prefill, records[1:3], positions)

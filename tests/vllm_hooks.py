@@ -20,3 +20,28 @@ def record_draft_calls(llm: Any) -> list[dict[str, torch.Tensor]]:
 
     llm.collective_rpc(install)
     return records
+
+
+def harness_forward(draft: Any, embeds: torch.Tensor, memory: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The harness draft over rows [n, H]: row i (harness position positions[i]) reads memory rows 0..i."""
+    n = embeds.shape[0]
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    with torch.inference_mode():            # the recorded tensors are inference tensors
+        state = draft.new_state()
+        draft.remember(state, memory[None])
+        return draft.forward_step(state, embeds[None], positions, causal, causal)[0]
+
+
+def check_speculative_steps(draft: Any, prefill: dict[str, torch.Tensor], steps: list[dict[str, torch.Tensor]],
+                            positions: torch.Tensor) -> None:
+    """Each recorded speculative step is one row fed the draft's own feature of the previous step, and its
+    output equals the harness draft's over every row so far."""
+    embeds, memory, previous = prefill["inputs_embeds"], prefill["hidden_states"], prefill["out"][-1]
+    for step in steps:
+        assert step["hidden_states"].shape[0] == 1 and torch.equal(step["hidden_states"][0], previous)
+        embeds = torch.cat([embeds, step["inputs_embeds"]])
+        memory = torch.cat([memory, step["hidden_states"]])
+        positions = torch.cat([positions, step["positions"] + 1])
+        out = harness_forward(draft, embeds, memory, positions)
+        torch.testing.assert_close(step["out"][-1], out[-1], atol=1e-4, rtol=1e-5)
+        previous = step["out"][-1]
