@@ -3,7 +3,7 @@
 Per conversation: the target regenerates every answer greedily, turn by turn, given the conversation so far
 (--keep-answers keeps the dataset's answers), then runs ONCE teacher-forced over the whole conversation and
 records what training needs (dream.training.shards.SHARD_TENSORS): final features, the entropy-selected layer l* per
-token and that layer's output, last-layer visual scores, and the merged input embeddings at visual
+token and that layer's output, the low / middle / high layer states an EAGLE-3 draft fuses, last-layer visual scores, and the merged input embeddings at visual
 positions (text embeddings are recomputed from the ids at train time).
 
 Decisions:
@@ -57,7 +57,7 @@ from dream.training.data import (
 from dream.training.distributed import init_distributed
 from dream.draft.config import LayerWindow
 from dream.training.entropy import gather_supervision, select_layers
-from dream.training.shards import FORMAT_VERSION, MANIFEST, MANIFEST_FORMAT, SHARD_TENSORS, ShardWriter
+from dream.training.shards import FORMAT_VERSION, MANIFEST, MANIFEST_FORMAT, SHARD_TENSORS, ShardWriter, aux_layers
 from dream.settings import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DTYPES, resolve_dtype_name
 from dream.target import TargetAdapter, TargetInputs, load_target
 
@@ -316,7 +316,9 @@ def _extract(target: TargetAdapter, inputs: TargetInputs, loss_mask: torch.Tenso
              cfg: DatagenConfig) -> dict[str, torch.Tensor]:
     window = cfg.layer_window
     static = window.static_layer is not None
-    out = target.prefill(inputs, target.new_cache(), layers=window.candidates(target.num_layers),
+    # Layer outputs are captured: the state entering layer i is the output of layer i - 1.
+    aux = [layer - 1 for layer in aux_layers(target.num_layers)]
+    out = target.prefill(inputs, target.new_cache(), layers=sorted({*window.candidates(target.num_layers), *aux}),
                          entropy=not static, visual_scores=True)
     seq_len = inputs.input_ids.shape[1]
     if static:
@@ -331,6 +333,7 @@ def _extract(target: TargetAdapter, inputs: TargetInputs, loss_mask: torch.Tenso
         "features": out.features[0].cpu().to(storage),
         "mid_layers": layers,
         "mid_features": gather_supervision({k: v.cpu() for k, v in out.layer_outputs.items()}, layers).to(storage),
+        "aux_features": torch.stack([out.layer_outputs[layer][0].cpu() for layer in aux], dim=1).to(storage),
         "visual_positions": visual,
         "visual_embeds": out.input_embeds[0].cpu()[visual].to(storage),
         "visual_scores": out.stats.visual_scores.float().cpu(),
@@ -341,8 +344,9 @@ def _empty_specs(target: TargetAdapter, cfg: DatagenConfig) -> dict[str, tuple[t
     """dtype and trailing shape of every shard tensor, for a shard in which every sample was skipped."""
     storage, hidden = DTYPES[cfg.storage_dtype], (target.hidden_size,)
     specs = {"loss_mask": (torch.bool, ()), "visual_scores": (torch.float32, ())}
+    shapes = {"": (), "H": hidden, "3H": (3, *hidden)}
     for name, (_, trailing) in SHARD_TENSORS.items():
-        specs.setdefault(name, (storage, hidden) if trailing else (torch.int64, ()))
+        specs.setdefault(name, (storage, shapes[trailing]) if trailing else (torch.int64, ()))
     return specs
 
 

@@ -24,14 +24,23 @@ from dream.jsonfile import read_tagged_json
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "dream-shards"
-FORMAT_VERSION = 1
-# name -> (length axis: "tokens" [S] or "visual" [S_vis], trailing shape "" or "H"). Offsets index axis 0.
+FORMAT_VERSION = 2
+# vLLM's choice of EAGLE-3 feature layers for an L-layer target: low, middle and high. "Layer i" here is the
+# residual stream ENTERING decoder layer i (HF's hidden_states[i]), the state vLLM collects as auxiliary.
+# Clamped to 1..L-1 so that tiny test targets have three valid (possibly equal) layers.
+def aux_layers(num_layers: int) -> tuple[int, int, int]:
+    top = max(num_layers - 1, 1)
+    return tuple(min(max(layer, 1), top) for layer in (2, num_layers // 2, num_layers - 3))  # type: ignore[return-value]
+
+
+# name -> (length axis: "tokens" [S] or "visual" [S_vis], trailing shape "", "H" or "3H"). Offsets index axis 0.
 SHARD_TENSORS: dict[str, tuple[str, str]] = {
     "input_ids": ("tokens", ""),        # int64
     "loss_mask": ("tokens", ""),        # bool: position i predicts token i + 1, a response token
     "features": ("tokens", "H"),        # storage dtype: target final-layer features, post-norm
     "mid_layers": ("tokens", ""),       # int64: entropy-selected layer l* per token
     "mid_features": ("tokens", "H"),    # storage dtype: OUTPUT of layer l* at each token
+    "aux_features": ("tokens", "3H"),   # storage dtype: [S, 3, H] residual entering each of aux_layers(L)
     "visual_positions": ("visual", ""),  # int64: positions of visual tokens in the sequence
     "visual_embeds": ("visual", "H"),   # storage dtype: merged input embeddings there
     "visual_scores": ("visual", ""),    # float32: last-layer attention each visual token receives
@@ -45,6 +54,7 @@ class ShardSample:
     features: Tensor          # [S, H]
     mid_layers: Tensor        # [S] long
     mid_features: Tensor      # [S, H]
+    aux_features: Tensor      # [S, 3, H] (EAGLE-3's fused input)
     visual_positions: Tensor  # [S_vis] long
     visual_embeds: Tensor     # [S_vis, H]
     visual_scores: Tensor     # [S_vis] float32
