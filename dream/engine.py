@@ -101,20 +101,22 @@ def _speculative(target: TargetAdapter, inputs: TargetInputs, proposer: Proposer
     metrics = MetricsRecorder()
     start = perf_counter()
     cache = target.new_cache()
-    prefill = target.prefill(inputs, cache, visual_scores=proposer.prefill_request().visual_scores)
+    request = proposer.prefill_request()
+    prefill = target.prefill(inputs, cache, visual_scores=request.visual_scores, layers=request.layers)
     metrics.prefill_s = perf_counter() - start
     root = _choose(prefill.logits[0, -1], sampling, generator)
     if output.extend([root]):
         return metrics.finish(len(output.token_ids), perf_counter() - start)
     draft_start = perf_counter()
-    proposer.begin(_prompt_state(inputs, prefill))
+    proposer.begin(_prompt_state(inputs, prefill, request.layers))
     metrics.draft_s += perf_counter() - draft_start
     while True:
         draft_start = perf_counter()
         tree = proposer.propose(root)
         verify_start = perf_counter()
         tree = _fit_budget(tree, output.remaining)
-        result, features = _verify_round(target, cache, tree, root, sampling, generator)
+        result, features, layer_outputs = _verify_round(target, cache, tree, root, sampling, generator,
+                                                        request.layers)
         metrics.draft_s += verify_start - draft_start
         metrics.verify_s += perf_counter() - verify_start
         metrics.record_round(result.accepted.shape[0] - 1, int(tree.depths.max()))
@@ -122,7 +124,7 @@ def _speculative(target: TargetAdapter, inputs: TargetInputs, proposer: Proposer
         if output.extend(committed[1:].tolist() + [result.next_token]):
             return metrics.finish(len(output.token_ids), perf_counter() - start)
         draft_start = perf_counter()
-        proposer.accept(AcceptedStep(committed, features, result.next_token))
+        proposer.accept(AcceptedStep(committed, features, result.next_token, layer_outputs))
         metrics.draft_s += perf_counter() - draft_start
         root = result.next_token
 
@@ -135,19 +137,22 @@ def _fit_budget(tree: Tree, remaining: int) -> Tree:
 
 
 def _verify_round(target: TargetAdapter, cache: TargetCache, tree: Tree, root: int, sampling: SamplingConfig,
-                  generator: torch.Generator) -> tuple[VerifyResult, Tensor]:
-    """One target forward over the tree, the acceptance rule, and the cache commit.
-    Returns the result and the target's features at the accepted nodes [k, H]."""
+                  generator: torch.Generator, layers: tuple[int, ...]) -> tuple[VerifyResult, Tensor, Tensor | None]:
+    """One target forward over the tree (capturing `layers`), the acceptance rule, and the cache commit.
+    Returns the result and, at the accepted nodes, the target's features [k, H] and the outputs of `layers`
+    [k, A, H] (None without layers)."""
     if int(tree.tokens[0]) != root:
         raise ValueError(f"the proposer's tree must start with the pending root {root}, got {int(tree.tokens[0])}")
-    out = target.verify(tree.tokens, tree.ancestors, tree.depths, cache)
+    out = target.verify(tree.tokens, tree.ancestors, tree.depths, cache, layers=layers)
     logits = out.logits[0]                                                       # [N, V]
     if sampling.greedy:
         result = verify_greedy(tree, logits)
     else:
         result = verify_sampling(tree, target_probs(logits, sampling), generator)
     target.commit(cache, tree.num_nodes, result.accepted)
-    return result, out.features[0, result.accepted]
+    layer_outputs = _stacked(out, layers)
+    accepted = result.accepted.to(out.features.device)
+    return result, out.features[0, accepted], None if layer_outputs is None else layer_outputs[accepted]
 
 
 def _choose(logits: Tensor, sampling: SamplingConfig, generator: torch.Generator) -> int:
@@ -157,7 +162,7 @@ def _choose(logits: Tensor, sampling: SamplingConfig, generator: torch.Generator
     return sample(target_probs(logits, sampling), generator)
 
 
-def _prompt_state(inputs: TargetInputs, prefill: ForwardOutput) -> PromptState:
+def _prompt_state(inputs: TargetInputs, prefill: ForwardOutput, layers: tuple[int, ...]) -> PromptState:
     stats = prefill.stats
     return PromptState(
         input_ids=inputs.input_ids[0],
@@ -165,7 +170,15 @@ def _prompt_state(inputs: TargetInputs, prefill: ForwardOutput) -> PromptState:
         input_embeds=prefill.input_embeds[0],
         features=prefill.features[0],
         visual_scores=None if stats is None else stats.visual_scores,
+        layer_outputs=_stacked(prefill, layers),
     )
+
+
+def _stacked(out: ForwardOutput, layers: tuple[int, ...]) -> Tensor | None:
+    """The captured outputs of `layers`, in that order (repeats included): [N, A, H]; None for no layers."""
+    if not layers:
+        return None
+    return torch.stack([out.layer_outputs[layer][0] for layer in layers], dim=1)
 
 
 class _Output:

@@ -4,9 +4,9 @@ A proposer learns the prompt once (`begin`), drafts a tree under the pending roo
 and is told what the target committed after each verification (`accept`). The engine never looks
 inside a proposer, and the tree builder and verifier never import one.
 
-Before the prefill the engine asks `prefill_request()` what the proposer's `begin` will read beyond the
-always-present fields: visual scores cost extra attention work in the last layer, so they are computed
-only on request.
+Before the prefill the engine asks `prefill_request()` what the proposer will read beyond the
+always-present fields: visual scores cost extra attention work in the last layer, and layer outputs (an
+EAGLE-3 draft's fused target states) are captured by hooks, so both are computed only on request.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ class PrefillRequest:
     """What a proposer needs the prefill to compute for its `begin`."""
 
     visual_scores: bool = False    # PromptState.visual_scores (last-layer attention each visual token receives)
+    layers: tuple[int, ...] = ()   # target layer outputs (0-based, repeats allowed) captured at the prefill AND
+                                   #   at every verify: PromptState / AcceptedStep.layer_outputs
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class PromptState:
     features: Tensor               # [S, H] target final-layer hidden states after the final norm
     visual_scores: Tensor | None   # [S_vis] last-layer attention each visual token receives; None unless
                                    #   the proposer's PrefillRequest asked for it
+    layer_outputs: Tensor | None = None   # [S, A, H] the outputs of PrefillRequest.layers, in its order;
+                                          #   None when it asked for none
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class AcceptedStep:
     token_ids: Tensor              # [k] long, tokens now committed (the tree root first)
     features: Tensor               # [k, H] the target's features at those tokens
     next_token: int                # the bonus / resampled token: the next root, not yet committed
+    layer_outputs: Tensor | None = None   # [k, A, H] the outputs of PrefillRequest.layers at those tokens
 
 
 class Proposer(Protocol):

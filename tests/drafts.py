@@ -23,9 +23,12 @@ def overfit_draft(target, inputs: TargetInputs, continuation: list[int], archite
     kwargs = {k: torch.cat([v, v.new_zeros(1, extra)], dim=1) if k in PER_TOKEN_KWARGS else v
               for k, v in inputs.model_kwargs.items()}
     visual = torch.cat([inputs.visual_mask, torch.zeros(1, extra, dtype=torch.bool)], dim=1)
-    out = target.prefill(TargetInputs(ids, visual, kwargs), target.new_cache(), visual_scores=True)
     over = {} if vocab_map is None else {"draft_vocab_size": vocab_map.shape[0]}
     draft = build_draft(DraftConfig.from_target(target, architecture, **over))
+    layers = draft.target_layers
+    out = target.prefill(TargetInputs(ids, visual, kwargs), target.new_cache(), visual_scores=True, layers=layers)
+    layer_outputs = torch.stack([out.layer_outputs[layer] for layer in layers], dim=2) if layers else None
+    memory = draft.target_entries(out.features, layer_outputs)                    # [1, S, W]
     if vocab_map is not None:
         draft.set_vocab_map(vocab_map)
     draft.bind_head(target_head(target))
@@ -38,7 +41,8 @@ def overfit_draft(target, inputs: TargetInputs, continuation: list[int], archite
     for _ in range(steps):
         terms = teacher_forced_loss(draft, input_embeds=out.input_embeds[:, kept], target_features=out.features[:, kept],
                                     target_mid=None, positions=kept[None], attention_mask=None,
-                                    loss_mask=loss_mask[:, kept], weights=LossWeights(feature=0.2, mid=0.0, kl=1.0))
+                                    loss_mask=loss_mask[:, kept], weights=LossWeights(feature=0.2, mid=0.0, kl=1.0),
+                                    target_memory=memory[:, kept])
         optimizer.zero_grad()
         terms.total.backward()
         optimizer.step()

@@ -29,7 +29,7 @@ def trained_looking_draft(target, architecture: str = "dream", **over):
     return open_draft(build_draft(DraftConfig.from_target(target, architecture, **over)), gate=0.5)
 
 
-@pytest.mark.parametrize("architecture", ["dream", "eagle2"])
+@pytest.mark.parametrize("architecture", ["dream", "eagle2", "eagle3"])
 def test_round_trip_fp32_is_exact(tiny_target, tmp_path, architecture):
     target = tiny_target("llava")
     draft = trained_looking_draft(target, architecture, draft_vocab_size=32)
@@ -38,7 +38,8 @@ def test_round_trip_fp32_is_exact(tiny_target, tmp_path, architecture):
     training = {"lr": 3e-5, "steps": 10, "weights": [0.2, 0.2, 1.0]}
     save_draft(tmp_path, draft, target.fingerprint(), layer_window=window, training=training, dtype=torch.float32)
     loaded = load_draft(tmp_path, target)
-    assert loaded.draft.config == draft.config
+    assert loaded.draft.config == draft.config and type(loaded.draft) is type(draft)
+    assert read_draft_config(tmp_path)["architecture"] == architecture
     assert loaded.layer_window == window and loaded.training == training and loaded.saved_dtype == "float32"
     assert loaded.target_fingerprint == json.loads(json.dumps(target.fingerprint()))
     for (name, saved), (_, restored) in zip(draft.state_dict().items(), loaded.draft.state_dict().items()):

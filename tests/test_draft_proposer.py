@@ -12,6 +12,7 @@ from fixtures import open_draft, tiny_image
 from torch import Tensor
 
 import dream.draft.proposer as proposer_module
+from dream.draft.base import teacher_forcing_masks
 from dream.draft.compression import select_kept_positions
 from dream.draft.head import apply_head
 from dream.draft import DraftConfig, DraftProposer, SharedHead, build_draft, frequent_vocab_map, target_head
@@ -38,10 +39,11 @@ def make_draft(target, architecture: str = "dream", seed: int = 0, **over):
     return open_draft(build_draft(DraftConfig.from_target(target, architecture, **over)))
 
 
-def prompt_state(target, inputs) -> PromptState:
-    out = target.prefill(inputs, target.new_cache(), visual_scores=True)
+def prompt_state(target, inputs, layers: tuple[int, ...] = ()) -> PromptState:
+    out = target.prefill(inputs, target.new_cache(), visual_scores=True, layers=layers)
+    layer_outputs = torch.stack([out.layer_outputs[layer][0] for layer in layers], dim=1) if layers else None
     return PromptState(inputs.input_ids[0], inputs.visual_mask[0], out.input_embeds[0], out.features[0],
-                       out.stats.visual_scores)
+                       out.stats.visual_scores, layer_outputs)
 
 
 class Recorder:
@@ -74,17 +76,19 @@ def forwarded_paths(record: dict) -> list[tuple[list[int], Tensor]]:
     return out
 
 
-def sequential_logits(draft, target, embeds: Tensor, features: Tensor, positions: Tensor, path: list[int]) -> Tensor:
+def sequential_logits(draft, target, embeds: Tensor, entries: Tensor, positions: Tensor, path: list[int]) -> Tensor:
     """Reference: teacher-forced forwards over committed tokens + the path, where the path's memory entries
-    are the draft's own features, filled one position at a time. -> logits of the path's last node."""
+    are the draft's own feedback, filled one position at a time. -> logits of the path's last node."""
     n = embeds.shape[0]
     all_embeds = torch.cat([embeds, target.embed(torch.tensor(path))])[None]
     all_positions = torch.cat([positions, positions[-1] + 1 + torch.arange(len(path))])[None]
-    path_features = torch.zeros(len(path), features.shape[-1])
+    allowed_self, allowed_memory = teacher_forcing_masks(all_positions, None)
+    committed = draft.encode_memory(entries[None])
+    feedback = torch.zeros(1, len(path), target.hidden_size)
     for j in range(len(path)):
-        out = draft.forward_train(all_embeds, torch.cat([features, path_features])[None], all_positions,
-                                  with_logits=False)
-        path_features[j] = out.features[0, n + j]
+        memory = [torch.cat([c, f], dim=-2) for c, f in zip(committed, draft.encode_memory(feedback))]
+        out = draft.forward_masked(all_embeds, all_positions, allowed_self, memory, allowed_memory, None)
+        feedback[0, j] = draft.feedback(out)[0, n + j]
     head = draft.restricted_head(target_head(target))
     logits = apply_head(out.features[0, -1], head.weight, head.bias, head.softcap).float()
     image = target.image_token_id
@@ -94,40 +98,45 @@ def sequential_logits(draft, target, embeds: Tensor, features: Tensor, positions
     return logits
 
 
-def assert_tree_matches_paths(draft, target, record, embeds, features, positions):
+def assert_tree_matches_paths(draft, target, record, embeds, entries, positions):
     paths = forwarded_paths(record)
     assert len(paths) > 1 + TREE.top_k  # at least two levels were forwarded
     for path, logits in paths:
-        reference = sequential_logits(draft, target, embeds, features, positions, path)
+        reference = sequential_logits(draft, target, embeds, entries, positions, path)
         torch.testing.assert_close(logits, reference, rtol=0, atol=2e-4)
 
 
-@pytest.mark.parametrize("architecture,keep_ratio", [("dream", 0.75), ("eagle2", 0.5)])
-def test_tree_nodes_equal_sequential_path_forwards(tiny_target, monkeypatch, architecture, keep_ratio):
-    target = tiny_target("llava")
+@pytest.mark.parametrize("family,architecture,keep_ratio",
+                         [("llava", "dream", 0.75), ("llava", "eagle2", 0.5), ("gemma3", "eagle3", 0.5)])
+def test_tree_nodes_equal_sequential_path_forwards(tiny_target, monkeypatch, family, architecture, keep_ratio):
+    target = tiny_target(family)
     draft = make_draft(target, architecture, keep_ratio=keep_ratio)
     recorder = Recorder()
     monkeypatch.setattr(proposer_module, "build_tree", recorder)
     proposer = DraftProposer(draft, target, TREE)
-    assert proposer.prefill_request().visual_scores
-    prompt = prompt_state(target, image_inputs(target))
+    request = proposer.prefill_request()
+    assert request.visual_scores and request.layers == draft.target_layers
+    prompt = prompt_state(target, image_inputs(target), request.layers)
     kept = select_kept_positions(prompt.visual_mask, prompt.visual_scores, keep_ratio)
     assert kept.shape[0] < prompt.input_ids.shape[0]
     proposer.begin(prompt)
 
     tree = proposer.propose(root_token=5)
-    embeds, features = prompt.input_embeds[kept], prompt.features[kept]
-    assert_tree_matches_paths(draft, target, recorder.rounds[0], embeds, features, kept)
+    embeds = prompt.input_embeds[kept]
+    entries = draft.target_entries(prompt.features, prompt.layer_outputs)[kept]
+    assert_tree_matches_paths(draft, target, recorder.rounds[0], embeds, entries, kept)
 
-    # Commit root + its first child with (arbitrary) target features; the next round sees them.
+    # Commit root + its first child with (arbitrary) target features and layer outputs; the next round sees them.
     accepted = tree.tokens[[0, 1]]
-    new_features = torch.randn(2, features.shape[-1])
-    proposer.accept(AcceptedStep(accepted, new_features, next_token=7))
+    new_features = torch.randn(2, target.hidden_size)
+    new_layers = torch.randn(2, len(request.layers), target.hidden_size) if request.layers else None
+    proposer.accept(AcceptedStep(accepted, new_features, 7, new_layers))
     proposer.propose(root_token=7)
     s = prompt.input_ids.shape[0]
     assert_tree_matches_paths(
         draft, target, recorder.rounds[1],
-        torch.cat([embeds, target.embed(accepted)]), torch.cat([features, new_features]),
+        torch.cat([embeds, target.embed(accepted)]),
+        torch.cat([entries, draft.target_entries(new_features, new_layers)]),
         torch.cat([kept, torch.tensor([s, s + 1])]),
     )
 
@@ -154,7 +163,8 @@ def test_trees_are_valid_and_never_propose_the_image_token(tiny_target):
 @pytest.mark.parametrize(
     "family,architecture",
     [("llama", "dream"), ("llava", "dream"), ("gemma3", "dream"), ("qwen2_5_vl", "dream"), ("smolvlm", "dream"),
-     ("llava", "eagle2"), ("qwen2_5_vl", "eagle2")],
+     ("llava", "eagle2"), ("qwen2_5_vl", "eagle2"), ("llava", "eagle3"), ("qwen2_5_vl", "eagle3"),
+     ("gemma3", "eagle3")],
 )
 def test_greedy_output_equals_target_greedy(tiny_target, family, architecture):
     target = tiny_target(family)
@@ -180,10 +190,11 @@ def test_greedy_equality_with_reduced_vocabulary_and_chain(tiny_target):
         assert speculative.metrics.tau > 2.0, speculative.metrics.summary()
 
 
-def test_sampled_chain_is_seeded_and_valid(tiny_target):
+@pytest.mark.parametrize("architecture", ["dream", "eagle3"])
+def test_sampled_chain_is_seeded_and_valid(tiny_target, architecture):
     target = tiny_target("llava")
     inputs = image_inputs(target)
-    draft = make_draft(target)
+    draft = make_draft(target, architecture)
     sampling = SamplingConfig(temperature=0.8)
 
     def run(seed: int):

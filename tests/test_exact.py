@@ -1,5 +1,5 @@
 """Exact in bf16: on every family, greedy output of the `ar` loop and of speculative decoding (random-weight
-DREAM and EAGLE-2 drafts, prompt lookup, noisy oracle drafters over several tree shapes) equals the stock
+DREAM, EAGLE-2 and EAGLE-3 drafts, prompt lookup, noisy oracle drafters over several tree shapes) equals the stock
 model's own `generate()` token for token, in bf16, the stock model running under the same batch-invariant
 mode as the adapter. The diagnosis asserts, per family, the property the mode and the exact path give (a
 row's bits do not depend on the rows fed with it) and prints what is machine-specific: which shapes the
@@ -69,7 +69,8 @@ def random_draft_proposer(target: TargetAdapter, architecture: str, family: str)
 def proposers(target: TargetAdapter, family: str, reference: list[int]) -> dict:
     out = {"pld": PromptLookupProposer(num_tokens=4, image_token_id=target.image_token_id),
            "dream": random_draft_proposer(target, "dream", family),
-           "eagle2": random_draft_proposer(target, "eagle2", family)}
+           "eagle2": random_draft_proposer(target, "eagle2", family),
+           "eagle3": random_draft_proposer(target, "eagle3", family)}
     for i, cfg in enumerate(SHAPES):
         out[f"noisy{i}"] = OracleProposer(reference, cfg, target.vocab_size, hit=2.5, seed=seed_of(family, str(i)))
     return out

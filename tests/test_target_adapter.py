@@ -11,6 +11,7 @@ from fixtures import (
     VLM_FAMILIES,
     ancestors_from_parents,
     depths_from_parents,
+    extend_model_kwargs,
     reference_logits,
     stock_model,
     tiny_image,
@@ -95,6 +96,35 @@ def test_tree_logits_match_per_path_forward(tiny_target, stock, verify_path, fam
     torch.testing.assert_close(adapter.head(out.features), out.logits)
     empty = torch.zeros(0, dtype=torch.long)
     assert max_node_error(out, tokens, ancestors, model, inputs, empty) < ATOL
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["llava", "gemma3"])
+def test_verify_captures_layer_outputs_and_changes_nothing(tiny_target, stock, family):
+    """What an EAGLE-3 draft reads at committed tokens: verify(layers=...) gives every node the output of those
+    layers along its own path (a plain forward's hidden_states[l + 1]), and the logits and features are bit for
+    bit those of a verify without capture. (The last layer's is left out: HF reports it after the norm.)"""
+    adapter, model = tiny_target(family), stock(family)
+    inputs = build_prompt(adapter, family)
+    tokens = random_text_tokens(adapter, len(BRANCHING), torch.Generator().manual_seed(3))
+    ancestors, depths = ancestors_from_parents(BRANCHING), depths_from_parents(BRANCHING)
+    layers = tuple(range(adapter.num_layers - 1))
+    outs = []
+    for capture in ((), layers):
+        cache = adapter.new_cache()
+        adapter.prefill(inputs, cache)
+        outs.append(adapter.verify(tokens, ancestors, depths, cache, layers=capture))
+    plain, captured = outs
+    assert plain.layer_outputs == {} and tuple(captured.layer_outputs) == layers
+    assert torch.equal(plain.logits, captured.logits) and torch.equal(plain.features, captured.features)
+    for leaf in (4, 6, 7, 8):
+        path = path_to(ancestors, leaf)
+        ids = torch.cat([inputs.input_ids, tokens[path][None]], dim=1)
+        kwargs = extend_model_kwargs(inputs.model_kwargs, path.numel())
+        hidden = model(input_ids=ids, use_cache=False, output_hidden_states=True, **kwargs).hidden_states
+        for layer in layers:
+            torch.testing.assert_close(captured.layer_outputs[layer][0, path], hidden[layer + 1][0, -path.numel():],
+                                       atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -29,7 +29,7 @@ def harness_forward(draft: Any, embeds: torch.Tensor, memory: torch.Tensor, posi
     with torch.inference_mode():            # the recorded tensors are inference tensors
         state = draft.new_state()
         draft.remember(state, memory[None])
-        return draft.forward_step(state, embeds[None], positions, causal, causal)[0]
+        return draft.forward_step(state, embeds[None], positions, causal, causal).features[0]
 
 
 def check_speculative_steps(draft: Any, prefill: dict[str, torch.Tensor], steps: list[dict[str, torch.Tensor]],

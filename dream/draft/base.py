@@ -1,16 +1,19 @@
-"""What both drafts share: rotary positions, the final norm, the shared head, inference state, training forward.
+"""What every draft shares: rotary positions, the final norm, the shared head, inference state, training forward.
 
 A draft reads two streams. The INPUT stream is the target's merged input embeddings (text embeddings, and
-projected visual features at image positions). The MEMORY stream is features of earlier positions: the
-target's post-norm final-layer features for committed tokens, and the draft's own final features for tree
-ancestors while a tree grows. Every query position i may read memory only from positions strictly before
-i (EAGLE's "feature i-1 + token i -> feature i"); the caller states exactly which entries through a boolean
-mask, so one code path serves teacher-forced training, incremental decoding and tree expansion.
+projected visual features at image positions). The MEMORY stream is features of earlier positions: for
+committed tokens what the target computed (`target_entries`: its post-norm final-layer features, or for
+EAGLE-3 three of its layer states), and for drafted positions (tree ancestors while a tree grows, earlier
+steps of training-time test) what the draft itself computed there (`feedback`). Every query position i may
+read memory only from positions strictly before i (EAGLE's "feature i-1 + token i -> feature i"); the
+caller states exactly which entries through a boolean mask, so one code path (`forward_masked`) serves
+teacher-forced training, training-time test, incremental decoding and tree expansion.
 Subclasses decide how memory is encoded and read (`encode_memory`, `_blocks`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -40,10 +43,25 @@ class DraftState:
 
 
 @dataclass(frozen=True)
-class DraftTrainOutput:
+class DraftOutput:
     first_hidden: Tensor       # [B, S, H] output of the first block (supervised by the target's layer-l* output)
+    hidden: Tensor             # [B, S, H] output of the last block, before the final norm
     features: Tensor           # [B, S, H] final feature after the final norm: what the head reads
     logits: Tensor | None      # [B, S, V_draft]; [n, V_draft] at the `logits_at` tokens; None if not asked
+
+
+def teacher_forcing_masks(positions: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """positions [B, S] long, attention_mask [B, S] (1 = real token) -> (allowed_self [B, S, S],
+    allowed_memory [B, S, S]) bool: causal self-attention, and memory strictly before each position."""
+    b, s = positions.shape
+    device = positions.device
+    valid = torch.ones(b, s, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
+    index = torch.arange(s, device=device)
+    causal = index[:, None] >= index[None, :]
+    # A padded row sees at least itself, so no row is all-masked (its output is ignored anyway).
+    allowed_self = (causal & valid[:, None, :]) | torch.eye(s, dtype=torch.bool, device=device)
+    allowed_memory = (positions[:, None, :] < positions[:, :, None]) & valid[:, None, :]
+    return allowed_self, allowed_memory
 
 
 class DraftModel(nn.Module):
@@ -116,14 +134,30 @@ class DraftModel(nn.Module):
             head = self._head = SharedHead(head.weight.to(features.dtype), bias, head.softcap)
         return apply_head(features, head.weight, head.bias, head.softcap)
 
+    # ---- memory -------------------------------------------------------------------------------------------
+    @property
+    def target_layers(self) -> tuple[int, ...]:
+        """Target layer OUTPUTS (0-based) `target_entries` reads besides the features; none by default."""
+        return ()
+
+    def target_entries(self, features: Tensor, layer_outputs: Tensor | None) -> Tensor:
+        """The memory entries of committed tokens from what the target computed there: features [..., H]
+        post-norm; layer_outputs [..., len(target_layers), H]. -> [..., W]; by default the features."""
+        return features
+
+    def feedback(self, output: DraftOutput) -> Tensor:
+        """What drafted positions leave in memory for the positions after them: by default their final
+        features (the target's entries are post-norm features too). -> [B, N, H]"""
+        return output.features
+
     # ---- inference ---------------------------------------------------------------------------------------
     def new_state(self) -> DraftState:
         empty = torch.zeros(1, 0, self.config.hidden_size, dtype=self.dtype, device=self.norm.weight.device)
         return DraftState(cache=DynamicCache(), memory=self.encode_memory(empty))
 
-    def remember(self, state: DraftState, features: Tensor) -> None:
-        """Append memory entries: features [1, n, H] (target features, or draft features of tree nodes)."""
-        new = self.encode_memory(features.to(self.dtype))
+    def remember(self, state: DraftState, entries: Tensor) -> None:
+        """Append memory entries [1, n, W]: target entries of committed tokens, or feedback of tree nodes."""
+        new = self.encode_memory(entries.to(self.dtype))
         state.memory = [torch.cat([old, add], dim=-2) for old, add in zip(state.memory, new)]
 
     def truncate(self, state: DraftState, self_length: int, memory_length: int) -> None:
@@ -141,57 +175,56 @@ class DraftModel(nn.Module):
         positions: Tensor,         # [n] long, target positions (rotary)
         allowed_self: Tensor,      # [n, self_length + n] bool: which cached/new tokens each new token attends
         allowed_memory: Tensor,    # [n, memory_length] bool: which memory entries each new token reads
-    ) -> Tensor:
-        """One incremental forward; the self-attention cache grows by n. Returns final features [1, n, H]."""
+    ) -> DraftOutput:
+        """One incremental forward; the self-attention cache grows by n. Outputs are [1, n, H], no logits."""
         n = embeds.shape[1]
         assert allowed_self.shape == (n, state.self_length + n), (allowed_self.shape, state.self_length)
         assert allowed_memory.shape == (n, state.memory_length)
         device = self.norm.weight.device
-        embeds = embeds.to(device, self.dtype)
-        rotary = self.rotary(embeds, positions.to(device).view(1, n))
-        mask = additive_mask(allowed_self.to(device).unsqueeze(0), self.dtype)
-        allowed_memory = allowed_memory.to(device).unsqueeze(0)
-        _, hidden = self._blocks(embeds, rotary, mask, state.memory, allowed_memory, state.cache)
-        return self.norm(hidden)
+        return self.forward_masked(embeds, positions.to(device).view(1, n), allowed_self.to(device).unsqueeze(0),
+                                   state.memory, allowed_memory.to(device).unsqueeze(0), state.cache)
+
+    def forward_masked(
+        self,
+        embeds: Tensor,            # [B, n, H] input embeddings of the new tokens
+        positions: Tensor,         # [B, n] long, target positions (rotary)
+        allowed_self: Tensor,      # [B, n, K] bool over the cache's entries then the n new tokens
+        memory: list[Tensor],      # encoded memory (encode_memory), T entries
+        allowed_memory: Tensor,    # [B, n, T] bool
+        cache: DynamicCache | None,
+    ) -> DraftOutput:
+        """The one forward under explicit masks; a given cache grows by n. No logits."""
+        embeds = embeds.to(self.norm.weight.device, self.dtype)
+        rotary = self.rotary(embeds, positions)
+        mask = additive_mask(allowed_self, self.dtype)
+        first, hidden = self._blocks(embeds, rotary, mask, memory, allowed_memory, cache)
+        return DraftOutput(first_hidden=first, hidden=hidden, features=self.norm(hidden), logits=None)
 
     # ---- training ----------------------------------------------------------------------------------------
     def forward_train(
         self,
         input_embeds: Tensor,                  # [B, S, H]
-        target_features: Tensor,               # [B, S, H] the target's post-norm features at the same positions
+        target_memory: Tensor,                 # [B, S, W] the target's entries at the same positions (target_entries)
         positions: Tensor,                     # [B, S] long, target positions (with gaps after compression)
         attention_mask: Tensor | None = None,  # [B, S] 1 = real token, 0 = padding
         *,
         logits_at: Tensor | None = None,       # [B, S] bool: compute logits only there ([n, V_draft])
         with_logits: bool = True,
-    ) -> DraftTrainOutput:
-        """Teacher-forced forward over whole sequences: position i reads target features at positions < i."""
-        b, s, _ = input_embeds.shape
-        valid = torch.ones(b, s, dtype=torch.bool, device=input_embeds.device)
-        if attention_mask is not None:
-            valid = attention_mask.bool()
-        index = torch.arange(s, device=input_embeds.device)
-        # A padded row sees at least itself, so no row is all-masked (its output is ignored anyway).
-        allowed_self = ((index[:, None] >= index[None, :]) & valid[:, None, :]) | torch.eye(
-            s, dtype=torch.bool, device=valid.device
-        )
-        allowed_memory = (positions[:, None, :] < positions[:, :, None]) & valid[:, None, :]
-        embeds = input_embeds.to(self.dtype)
-        memory = self.encode_memory(target_features.to(self.dtype))
-        rotary = self.rotary(embeds, positions)
-        mask = additive_mask(allowed_self, self.dtype)
-        first, hidden = self._blocks(embeds, rotary, mask, memory, allowed_memory, None)
-        features = self.norm(hidden)
+    ) -> DraftOutput:
+        """Teacher-forced forward over whole sequences: position i reads target entries at positions < i."""
+        allowed_self, allowed_memory = teacher_forcing_masks(positions, attention_mask)
+        memory = self.encode_memory(target_memory.to(self.dtype))
+        out = self.forward_masked(input_embeds, positions, allowed_self, memory, allowed_memory, None)
         logits = None
         if logits_at is not None:
-            logits = self.head(features[logits_at])
+            logits = self.head(out.features[logits_at])
         elif with_logits:
-            logits = self.head(features)
-        return DraftTrainOutput(first_hidden=first, features=features, logits=logits)
+            logits = self.head(out.features)
+        return dataclasses.replace(out, logits=logits)
 
     # ---- subclass hooks ----------------------------------------------------------------------------------
-    def encode_memory(self, features: Tensor) -> list[Tensor]:
-        """features [B, T, H] -> memory tensors, each [B, ..., T, X]."""
+    def encode_memory(self, entries: Tensor) -> list[Tensor]:
+        """entries [B, T, W] (target entries or feedback) -> memory tensors, each [B, ..., T, X]."""
         raise NotImplementedError
 
     def _blocks(

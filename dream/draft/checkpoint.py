@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from dream.draft.base import DraftModel
 from dream.draft.config import DraftConfig, LayerWindow
 from dream.draft.dream_model import DreamDraft
+from dream.draft.eagle3_model import Eagle3Draft
 from dream.draft.eagle_model import Eagle2Draft
 from dream.draft.head import target_head
 from dream.jsonfile import read_tagged_json
@@ -44,9 +45,12 @@ class DraftCheckpoint:
     saved_dtype: str                    # "bfloat16" | "float32"
 
 
+_CLASSES: dict[str, type[DraftModel]] = {"dream": DreamDraft, "eagle2": Eagle2Draft, "eagle3": Eagle3Draft}
+
+
 def build_draft(cfg: DraftConfig) -> DraftModel:
     """A freshly initialised draft of cfg.architecture."""
-    return DreamDraft(cfg) if cfg.architecture == "dream" else Eagle2Draft(cfg)
+    return _CLASSES[cfg.architecture](cfg)
 
 
 def save_draft(

@@ -1,4 +1,4 @@
-"""Draft-model configuration: one strict dataclass for both architectures (DREAM and the EAGLE-2 baseline).
+"""Draft-model configuration: one strict dataclass for every architecture (DREAM, the EAGLE-2 and EAGLE-3 baselines).
 
 Sizes default to the target's own (a draft block is a target block's width, as in the paper); the hidden size
 must equal the target's because the draft reads the target's input embeddings and features and writes into
@@ -11,20 +11,32 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-ARCHITECTURES = ("dream", "eagle2")
+ARCHITECTURES = ("dream", "eagle2", "eagle3")
 BLOCK_KINDS = ("self", "cross")
+SINGLE_BLOCK = ("eagle2", "eagle3")      # the EAGLE baselines: one self-attention block
+
+
+def aux_layers(num_layers: int) -> tuple[int, int, int]:
+    """EAGLE-3's low, middle and high target layers for an L-layer target (vLLM's choice: 2, L // 2, L - 3).
+
+    "Layer i" is the residual stream ENTERING decoder layer i (HF's hidden_states[i]; the output of layer
+    i - 1), the state vLLM collects as auxiliary. Clamped to 1..L-1 so that tiny test targets have three
+    valid (possibly equal) layers. The datagen shards store these (dream.training.shards).
+    """
+    top = max(num_layers - 1, 1)
+    return tuple(min(max(layer, 1), top) for layer in (2, num_layers // 2, num_layers - 3))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
 class DraftConfig:
-    architecture: str                       # "dream" | "eagle2"
+    architecture: str                       # "dream" | "eagle2" | "eagle3"
     hidden_size: int                        # = the target's hidden size (shared embeddings, features, head)
     num_attention_heads: int
     num_key_value_heads: int
     head_dim: int
     intermediate_size: int
     vocab_size: int                         # the target's vocabulary size
-    blocks: tuple[str, ...] = ("self", "cross", "self")   # dream: "self" / "cross" in order; eagle2: ("self",)
+    blocks: tuple[str, ...] = ("self", "cross", "self")   # dream: "self" / "cross" in order; eagle2/3: ("self",)
     draft_vocab_size: int | None = None     # rows of the target head the draft scores; None = full vocabulary
     keep_ratio: float = 0.75                # fraction of visual tokens in the draft's input stream (1.0 = off)
     rms_norm_eps: float = 1e-6
@@ -32,15 +44,23 @@ class DraftConfig:
     max_position_embeddings: int = 32768    # only sizes rotary caches; positions beyond it still work
     hidden_act: str = "silu"
     attn_implementation: str = "sdpa"       # "sdpa" | "eager" for the self-attention blocks
+    aux_layers: tuple[int, ...] = ()        # eagle3: the 3 target layers whose ENTERING residual it fuses
+                                            #   (see aux_layers()); () for the other architectures
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         object.__setattr__(self, "blocks", tuple(self.blocks))
+        object.__setattr__(self, "aux_layers", tuple(self.aux_layers))
         if not self.blocks or any(b not in BLOCK_KINDS for b in self.blocks):
             raise ValueError(f"blocks must be a non-empty sequence of {BLOCK_KINDS}, got {self.blocks}")
-        if self.architecture == "eagle2" and self.blocks != ("self",):
-            raise ValueError("the eagle2 baseline has exactly one self-attention block: blocks=('self',)")
+        if self.architecture in SINGLE_BLOCK and self.blocks != ("self",):
+            raise ValueError(f"the {self.architecture} baseline has exactly one self-attention block: blocks=('self',)")
+        if self.architecture == "eagle3":
+            if len(self.aux_layers) != 3 or min(self.aux_layers) < 1:
+                raise ValueError(f"eagle3 fuses 3 target layers, each >= 1: aux_layers={self.aux_layers}")
+        elif self.aux_layers:
+            raise ValueError(f"aux_layers is for eagle3 only, got {self.aux_layers} for {self.architecture}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
         if self.draft_vocab_size is not None and not 0 < self.draft_vocab_size <= self.vocab_size:
@@ -57,6 +77,7 @@ class DraftConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["blocks"] = list(self.blocks)
+        out["aux_layers"] = list(self.aux_layers)
         return out
 
     @classmethod
@@ -82,9 +103,11 @@ class DraftConfig:
             rms_norm_eps=getattr(text_config, "rms_norm_eps", 1e-6),
             rope_theta=_rope_theta(text_config),
         )
-        if architecture == "eagle2":
-            # The published EAGLE-2 baseline has one block and never prunes visual tokens.
+        if architecture in SINGLE_BLOCK:
+            # The published EAGLE baselines have one block and never prune visual tokens.
             derived.update(blocks=("self",), keep_ratio=1.0)
+        if architecture == "eagle3":
+            derived.update(aux_layers=aux_layers(text_config.num_hidden_layers))
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"unknown draft config keys: {unknown}")

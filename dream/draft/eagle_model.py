@@ -40,13 +40,13 @@ class Eagle2Draft(DraftModel):
         allowed_memory: Tensor,
         cache: DynamicCache | None,
     ) -> tuple[Tensor, Tensor]:
-        previous = _latest_visible(memory[0], allowed_memory)
+        previous = latest_visible(memory[0], allowed_memory)
         hidden = self.fc(torch.cat([embeds, previous], dim=-1))
         hidden = self.block(hidden, attention_mask=self_mask, position_embeddings=rotary, past_key_values=cache)
         return hidden, hidden
 
 
-def _latest_visible(memory: Tensor, allowed: Tensor) -> Tensor:
+def latest_visible(memory: Tensor, allowed: Tensor) -> Tensor:
     """memory [B, T, H], allowed [B, N, T] -> [B, N, H]: the highest-index allowed entry per query, else 0."""
     b, n, t = allowed.shape
     if t == 0:

@@ -1,17 +1,19 @@
-"""`DraftProposer`: the Proposer (docs/design.md) behind both drafts, DREAM and the EAGLE-2 baseline.
+"""`DraftProposer`: the Proposer (docs/design.md) behind every draft: DREAM, the EAGLE-2 and EAGLE-3 baselines.
 
 Per generation the draft keeps a self-attention cache and a memory (see dream.draft.base) over the
-COMMITTED sequence only, with target features; tree nodes live in them only while a tree grows:
+COMMITTED sequence only, with the target's entries (`DraftModel.target_entries`: its features, or the
+layer outputs an EAGLE-3 draft asks the engine for through `prefill_request`); tree nodes live in them
+only while a tree grows:
 
   begin(prompt)  the prompt, visual tokens pruned (dream.draft.compression), through the draft in one forward.
   propose(root)  one forward over the tokens committed since the last round plus the root; then
                  dream.tree.build_tree grows the tree, calling back `expand` on each frontier: a node
                  attends committed tokens and its ancestors (self-attention) and reads committed target
-                 features plus its ancestors' DRAFT features (memory), never a sibling's. Afterwards the
+                 entries plus its ancestors' DRAFT feedback (memory), never a sibling's. Afterwards the
                  root and tree entries are dropped, so the caches again hold only committed tokens.
-  accept(step)   the committed tokens and their target features; forwarded in the next propose, when
-                 their features are final. (The root is forwarded again then: it was last forwarded
-                 before its target feature existed, which only matters for the memory, not for it.)
+  accept(step)   the committed tokens and their target entries; forwarded in the next propose, when
+                 their entries are final. (The root is forwarded again then: it was last forwarded
+                 before its target entry existed, which only matters for the memory, not for it.)
 
 The image token is never proposed: its draft logit is -inf.
 """
@@ -24,7 +26,7 @@ import torch
 from torch import Tensor
 
 from dream.draft.compression import select_kept_positions
-from dream.draft.base import DraftModel, DraftState
+from dream.draft.base import DraftModel, DraftOutput, DraftState
 from dream.draft.head import apply_head, target_head
 from dream.proposer import AcceptedStep, PrefillRequest, PromptState
 from dream.tree import Tree, TreeConfig, build_tree
@@ -56,34 +58,34 @@ class DraftProposer:
         self._state: DraftState | None = None
         self._next_position = 0                              # target position of the pending root
         self._pending_tokens = torch.zeros(0, dtype=torch.long)
-        self._pending_features: Tensor | None = None
+        self._pending_entries: Tensor | None = None
 
     def prefill_request(self) -> PrefillRequest:
-        return PrefillRequest(visual_scores=self.keep_ratio < 1.0)
+        return PrefillRequest(visual_scores=self.keep_ratio < 1.0, layers=self.draft.target_layers)
 
     @torch.no_grad()
     def begin(self, prompt: PromptState) -> None:
         kept = self._kept_positions(prompt)
         self._state = self.draft.new_state()
-        features = prompt.features[kept].unsqueeze(0)
-        self.draft.remember(self._state, features)
+        entries = self.draft.target_entries(prompt.features, prompt.layer_outputs)
+        self.draft.remember(self._state, entries[kept].unsqueeze(0))
         n = kept.shape[0]
         causal = torch.ones(n, n, dtype=torch.bool).tril()
-        earlier = kept[None, :] < kept[:, None]             # memory: features strictly before each position
+        earlier = kept[None, :] < kept[:, None]             # memory: entries strictly before each position
         embeds = prompt.input_embeds[kept].unsqueeze(0)
         self.draft.forward_step(self._state, embeds, kept, causal, earlier)
         self._next_position = prompt.input_ids.shape[0]
         self._pending_tokens = torch.zeros(0, dtype=torch.long)
-        self._pending_features = None
+        self._pending_entries = None
 
     @torch.no_grad()
     def propose(self, root_token: int) -> Tree:
         state = self._require_state()
-        root_features = self._forward_pending(state, root_token)                  # [1, H]
-        root_logits = self._logits(root_features)[0]
+        out = self._forward_pending(state, root_token)          # the pending tokens then the root: [1, n, H]
+        root_logits = self._logits(out.features[0, -1:])[0]
         tree_self_start = state.self_length - 1                                  # the root's cache slot
         memory_start = state.memory_length
-        expander = _TreeExpander(self, state, self._next_position, root_features)
+        expander = _TreeExpander(self, state, self._next_position, self.draft.feedback(out)[:, -1:])
         tree = build_tree(
             root_token,
             root_logits,
@@ -101,10 +103,10 @@ class DraftProposer:
         self._require_state()
         # Appended, not replaced: they are forwarded at the next propose, however many accepts came first.
         self._pending_tokens = torch.cat([self._pending_tokens, step.token_ids.long().cpu()])
-        features = step.features
-        if self._pending_features is not None:
-            features = torch.cat([self._pending_features, features.to(self._pending_features)])
-        self._pending_features = features
+        entries = self.draft.target_entries(step.features, step.layer_outputs)
+        if self._pending_entries is not None:
+            entries = torch.cat([self._pending_entries, entries.to(self._pending_entries)])
+        self._pending_entries = entries
         self._next_position += step.token_ids.shape[0]
 
     # ---- internals ---------------------------------------------------------------------------------------
@@ -121,15 +123,15 @@ class DraftProposer:
             raise ValueError("keep_ratio < 1 needs PromptState.visual_scores (prefill with visual_scores=True)")
         return select_kept_positions(visual_mask, prompt.visual_scores.cpu(), self.keep_ratio)
 
-    def _forward_pending(self, state: DraftState, root_token: int) -> Tensor:
-        """Forward the newly committed tokens (their target features join the memory) and the root."""
+    def _forward_pending(self, state: DraftState, root_token: int) -> DraftOutput:
+        """Forward the newly committed tokens (their target entries join the memory) and the root."""
         pending = self._pending_tokens
-        if self._pending_features is not None:
-            self.draft.remember(state, self._pending_features.unsqueeze(0))
+        if self._pending_entries is not None:
+            self.draft.remember(state, self._pending_entries.unsqueeze(0))
         tokens = torch.cat([pending, torch.tensor([root_token])])               # [n]
         n = tokens.shape[0]
         positions = torch.arange(self._next_position - pending.shape[0], self._next_position + 1)
-        # Memory holds committed features up to position root - 1, in order: entry t is visible to the
+        # Memory holds committed entries up to position root - 1, in order: entry t is visible to the
         # new token j iff it lies before it, i.e. t < memory_length - (n - 1 - j).
         memory_length = state.memory_length
         allowed_memory = torch.arange(memory_length)[None, :] < (memory_length - n + 1 + torch.arange(n))[:, None]
@@ -137,10 +139,10 @@ class DraftProposer:
             [torch.ones(n, state.self_length, dtype=torch.bool), torch.ones(n, n, dtype=torch.bool).tril()], dim=1
         )
         embeds = self.target.embed(tokens.unsqueeze(0))
-        features = self.draft.forward_step(state, embeds, positions, allowed_self, allowed_memory)
+        out = self.draft.forward_step(state, embeds, positions, allowed_self, allowed_memory)
         self._pending_tokens = torch.zeros(0, dtype=torch.long)
-        self._pending_features = None
-        return features[0, -1:]
+        self._pending_entries = None
+        return out
 
     def _logits(self, features: Tensor) -> Tensor:
         """Draft features [k, H] -> float logits [k, V_draft] with the blocked ids at -inf."""
@@ -153,15 +155,15 @@ class DraftProposer:
 
 
 class _TreeExpander:
-    """The ExpandFn of one tree: forwards frontier nodes under the tree mask, remembers their features."""
+    """The ExpandFn of one tree: forwards frontier nodes under the tree mask, remembers their feedback."""
 
-    def __init__(self, proposer: DraftProposer, state: DraftState, root_position: int, root_features: Tensor):
+    def __init__(self, proposer: DraftProposer, state: DraftState, root_position: int, root_feedback: Tensor):
         self.proposer = proposer
         self.state = state
         self.root_position = root_position
         self.self_prefix = state.self_length - 1         # committed entries before the root's slot
-        self.memory_prefix = state.memory_length         # committed target features
-        proposer.draft.remember(state, root_features.unsqueeze(0))
+        self.memory_prefix = state.memory_length         # committed target entries
+        proposer.draft.remember(state, root_feedback)    # [1, 1, H]
         self.ancestors = torch.ones(1, 1, dtype=torch.bool)    # [M, M] over forwarded nodes, self included
         self.depths = torch.zeros(1, dtype=torch.long)          # [M]
 
@@ -175,15 +177,15 @@ class _TreeExpander:
         allowed_memory = torch.cat([torch.ones(k, self.memory_prefix, dtype=torch.bool), parent_rows], dim=1)
         depths = self.depths[parents] + 1
         embeds = self.proposer.target.embed(tokens.long().unsqueeze(0))
-        features = draft.forward_step(state, embeds, self.root_position + depths, allowed_self, allowed_memory)
-        # Their features become memory for their descendants, under the same ancestor rule.
-        draft.remember(state, features)
+        out = draft.forward_step(state, embeds, self.root_position + depths, allowed_self, allowed_memory)
+        # Their feedback becomes memory for their descendants, under the same ancestor rule.
+        draft.remember(state, draft.feedback(out))
         self.ancestors = torch.cat(
             [torch.cat([self.ancestors, torch.zeros(m, k, dtype=torch.bool)], dim=1),
              torch.cat([parent_rows, own], dim=1)], dim=0
         )
         self.depths = torch.cat([self.depths, depths])
-        return self.proposer._logits(features[0])
+        return self.proposer._logits(out.features[0])
 
 
 def _draft_ids(vocab_map: Tensor | None, token_id: int | None) -> Tensor:

@@ -178,9 +178,7 @@ class TargetAdapter:
         or [1, S, V] with all_logits. Statistics never change the outputs."""
         if cache.get_seq_length() != 0:
             raise ValueError("prefill needs an empty cache (TargetAdapter.new_cache())")
-        bad = [layer for layer in layers if not 0 <= layer < self.num_layers]
-        if bad:
-            raise ValueError(f"layers {bad} out of range 0..{self.num_layers - 1}")
+        self._check_layers(layers)
         if self._spec.mrope:
             self._base.rope_deltas = None  # otherwise a text-only prompt would inherit the last image's delta
         device = self.model.device
@@ -194,9 +192,7 @@ class TargetAdapter:
             recorder = StatsRecorder(self.num_layers, entropy=entropy, visual_positions=visual)
         with ExitStack() as stack:
             stack.callback(self._lm.register_forward_pre_hook(_capture_embeds(captured), with_kwargs=True).remove)
-            for layer in set(layers):
-                hook = self._layers[layer].register_forward_hook(_capture_output(layer_outputs, layer))
-                stack.callback(hook.remove)
+            self._capture_layers(stack, layers, layer_outputs)
             if recorder is not None:
                 stack.enter_context(recording(recorder))
             out = self._base(input_ids=input_ids, past_key_values=cache, use_cache=True, **model_kwargs)
@@ -213,14 +209,16 @@ class TargetAdapter:
 
     @torch.no_grad()
     def verify(self, tokens: Tensor, ancestors: Tensor, depths: Tensor, cache: TargetCache, *,
-               observe: AttentionObserver | None = None) -> ForwardOutput:
+               layers: Sequence[int] = (), observe: AttentionObserver | None = None) -> ForwardOutput:
         """One forward over N tree nodes; node i sees the committed prefix and its own ancestors only.
 
         tokens [N] long; ancestors [N, N] bool (ancestors[i, j]: j is i or an ancestor of i, parents before
         children); depths [N] long. Node i has position cache_len + depths[i]; the cache grows by N (commit()
         then keeps the accepted path). A one-node tree is one plain decoding step. Attention runs in
         `verify_mode`; `observe` (diagnostics) sees every layer's attention inputs, changing nothing.
+        `layers`: layer outputs to capture, as prefill's (hooks that only read: the outputs are unchanged).
         """
+        self._check_layers(layers)
         prefix = cache.get_seq_length()
         last = prefix + int(depths.max())  # read before the transfer: no device sync on the caller's CPU tree
         if last >= self.max_context:
@@ -231,11 +229,24 @@ class TargetAdapter:
         position_ids = layout.positions[None]  # [1, N]
         if self._spec.mrope:
             position_ids = (position_ids + cache.rope_delta)[None].expand(3, 1, -1)  # [3, 1, N]
-        with tree_verify(layout, self.verify_mode, observe):
+        layer_outputs: dict[int, Tensor] = {}
+        with ExitStack() as stack:
+            stack.enter_context(tree_verify(layout, self.verify_mode, observe))
+            self._capture_layers(stack, layers, layer_outputs)
             ids = tokens.to(device)[None]
             out = self._lm(input_ids=ids, position_ids=position_ids, past_key_values=cache, use_cache=True)
         features = out.last_hidden_state
-        return ForwardOutput(self.head(features), features, None, {}, None)
+        return ForwardOutput(self.head(features), features, None, dict(sorted(layer_outputs.items())), None)
+
+    def _check_layers(self, layers: Sequence[int]) -> None:
+        bad = [layer for layer in layers if not 0 <= layer < self.num_layers]
+        if bad:
+            raise ValueError(f"layers {bad} out of range 0..{self.num_layers - 1}")
+
+    def _capture_layers(self, stack: ExitStack, layers: Sequence[int], store: dict[int, Tensor]) -> None:
+        """Hooks (removed with `stack`) that keep the output of each of `layers` in `store`."""
+        for layer in set(layers):
+            stack.callback(self._layers[layer].register_forward_hook(_capture_output(store, layer)).remove)
 
     @torch.no_grad()
     def commit(self, cache: TargetCache, num_tree: int, keep: Tensor) -> None:

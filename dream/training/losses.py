@@ -128,11 +128,13 @@ def teacher_forced_loss(
     attention_mask: Tensor | None,        # [B, S] 1 = real token
     loss_mask: Tensor,                    # [B, S] bool
     weights: LossWeights = LossWeights(),
+    target_memory: Tensor | None = None,  # [B, S, W] the entries the draft reads (DraftModel.target_entries);
+                                          #   None: target_features (DREAM, EAGLE-2)
 ) -> LossTerms:
     """One training forward + loss; the draft's logits and the target's are computed at masked tokens only."""
     sel = loss_mask.bool()
     out = draft.forward_train(
-        input_embeds, target_features, positions, attention_mask,
+        input_embeds, target_features if target_memory is None else target_memory, positions, attention_mask,
         logits_at=sel if weights.kl else None, with_logits=False,
     )
     target_logits = None

@@ -20,19 +20,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from dream.draft.config import aux_layers  # noqa: F401  (the layers aux_features holds; datagen reads it here)
 from dream.jsonfile import read_tagged_json
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "dream-shards"
 FORMAT_VERSION = 2
-# vLLM's choice of EAGLE-3 feature layers for an L-layer target: low, middle and high. "Layer i" here is the
-# residual stream ENTERING decoder layer i (HF's hidden_states[i]), the state vLLM collects as auxiliary.
-# Clamped to 1..L-1 so that tiny test targets have three valid (possibly equal) layers.
-def aux_layers(num_layers: int) -> tuple[int, int, int]:
-    top = max(num_layers - 1, 1)
-    return tuple(min(max(layer, 1), top) for layer in (2, num_layers // 2, num_layers - 3))  # type: ignore[return-value]
-
-
 # name -> (length axis: "tokens" [S] or "visual" [S_vis], trailing shape "", "H" or "3H"). Offsets index axis 0.
 SHARD_TENSORS: dict[str, tuple[str, str]] = {
     "input_ids": ("tokens", ""),        # int64
@@ -76,7 +69,8 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 
 
 # Datagen settings that change no sample: directories that differ only in these may be trained on together.
-_LAYOUT_SETTINGS = ("shard_size", "max_samples")
+# The engine only changes who generated the answers (both greedy decodes of the same target).
+_LAYOUT_SETTINGS = ("shard_size", "max_samples", "engine")
 
 
 class ShardDataset:
