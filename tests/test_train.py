@@ -1,6 +1,7 @@
 """dream train on self-distilled shards of a tiny target: validation loss falls and top-1 agreement rises for
-both architectures, the trained draft stays lossless in the engine, 2 processes give the weights of 1, a
-killed and resumed run equals an uninterrupted one, and foreign shards / damaged checkpoints are refused."""
+every architecture (EAGLE-3 with its default training-time test, DREAM with 2 steps too), the trained draft
+stays lossless in the engine, 2 processes give the weights of 1, a killed and resumed run equals an
+uninterrupted one, and foreign shards / damaged checkpoints are refused."""
 
 from __future__ import annotations
 
@@ -45,17 +46,25 @@ def weights_at(out: Path, step: int) -> dict[str, torch.Tensor]:
     return load_checkpoint(out / "checkpoints" / f"step-{step:08d}")["model"]
 
 
-@pytest.mark.parametrize("arch", ["dream", "eagle2"])
-def test_training_learns_and_the_draft_stays_lossless(tiny_target_path, tiny_target, shards, tmp_path, arch):
+@pytest.mark.parametrize("arch,ttt_steps", [("dream", None), ("eagle2", None), ("eagle3", None), ("dream", 2)])
+def test_training_learns_and_the_draft_stays_lossless(tiny_target_path, tiny_target, shards, tmp_path, arch,
+                                                      ttt_steps):
     data, shard_dir = shards
-    result = train(TrainConfig(arch=arch, steps=100, eval_every=50, save_every=0, **FAST),
+    result = train(TrainConfig(arch=arch, steps=100, eval_every=50, save_every=0, ttt_steps=ttt_steps, **FAST),
                    str(tiny_target_path("llava")), str(shard_dir), str(tmp_path / "run"), device="cpu")
     first, last = result.evaluations[0], result.evaluations[-1]
     assert first["step"] == 0 and last["step"] == 100
     assert last["val_loss"] < 0.5 * first["val_loss"]
-    assert last["val_top1"] > first["val_top1"] + 0.2
     config = json.loads((result.draft_dir / "config.json").read_text())
     assert config["training"]["steps"] == 100 and config["training"]["keep_ratio"] == (0.75 if arch == "dream" else 1.0)
+    steps = ttt_steps or (3 if arch == "eagle3" else 1)
+    assert config["architecture"] == arch and config["training"]["ttt_steps"] == steps
+    # With training-time test the draft is also scored on its own earlier outputs, step by step (the later
+    # steps are harder: on the tiny target's nearly flat distributions EAGLE-3 with 3 steps ends near 0.2).
+    before = first.get("val_top1_by_step", [first["val_top1"]])
+    after = last.get("val_top1_by_step", [last["val_top1"]])
+    assert len(after) == steps and after[0] == last["val_top1"]
+    assert after[0] > before[0] + 0.15 and all(a > b + 0.1 for a, b in zip(after, before))
     target = tiny_target("llava")
     assert config["target"] == target.fingerprint()
     # The trained draft in the engine: exactly the target's greedy output, and it does accept drafts.
@@ -67,6 +76,18 @@ def test_training_learns_and_the_draft_stays_lossless(tiny_target_path, tiny_tar
     speculative = generate(target, inputs, proposer=proposer, max_new_tokens=24)
     assert speculative.token_ids == plain.token_ids
     assert speculative.metrics.tau > 1.0
+
+
+def test_cli_trains_eagle3_with_ttt_steps(tiny_target_path, shards, tmp_path):
+    _, shard_dir = shards
+    out = tmp_path / "run"
+    assert cli_main(["train", "--target", str(tiny_target_path("llava")), "--data", str(shard_dir), "--out", str(out),
+                     "--arch", "eagle3", "--ttt-steps", "2", "--steps", "2", "--eval-every", "0", "--save-every", "0",
+                     "--val-fraction", "0.25", "--device", "cpu", "--dtype", "fp32"]) == 0
+    config = json.loads((out / "draft" / "config.json").read_text())
+    assert config["architecture"] == "eagle3" and config["draft"]["aux_layers"] == [1, 1, 1]
+    assert (config["training"]["ttt_steps"], config["training"]["w_feat"]) == (2, 0.0)
+    assert len(config["training"]["final"]["val_top1_by_step"]) == 2
 
 
 def test_two_processes_give_the_weights_of_one(tiny_target_path, shards, tmp_path):
@@ -169,12 +190,18 @@ def test_reduced_draft_vocabulary(tiny_target_path, tiny_target, shards, tmp_pat
     assert torch.equal(draft.vocab_map, expected)              # the most frequent response tokens, EOS kept
 
 
-def test_mid_supervision_defaults_per_architecture():
-    """Only DREAM supervises an early block with the entropy-selected layer; the EAGLE-2 baseline has none."""
+def test_loss_and_ttt_defaults_per_architecture():
+    """Only DREAM supervises an early block with the entropy-selected layer; the EAGLE baselines have none.
+    EAGLE-3 drops the feature regression and trains with training-time test by default."""
     assert TrainConfig(arch="dream").w_mid == 0.2
     assert TrainConfig(arch="eagle2").w_mid == 0.0
     assert TrainConfig(arch="eagle2", w_mid=0.1).w_mid == 0.1
     assert TrainConfig(arch="dream", w_mid=0.0).weights().mid == 0.0
+    assert [(c.w_feat, c.w_mid, c.ttt_steps) for c in map(TrainConfig, ("dream", "eagle2", "eagle3"))] == [
+        (0.2, 0.2, 1), (0.2, 0.0, 1), (0.0, 0.0, 3)]
+    assert TrainConfig(arch="eagle3", ttt_steps=1, w_feat=0.1).to_dict()["ttt_steps"] == 1
+    with pytest.raises(ValueError, match="ttt_steps"):
+        TrainConfig(ttt_steps=0)
 
 
 def test_cross_attention_gates_open_at_their_own_rate(tiny_target_path, shards, tmp_path):

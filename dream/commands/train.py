@@ -1,10 +1,11 @@
-"""`dream train`: train a DREAM or EAGLE-2-style draft on datagen shards (dream.training.train)."""
+"""`dream train`: train a DREAM or EAGLE-2 / EAGLE-3-style draft on datagen shards (dream.training.train)."""
 
 from __future__ import annotations
 
 import argparse
 
 from dream.commands.common import add_device_argument, add_dtype_argument, add_target_argument
+from dream.draft.config import ARCHITECTURES
 from dream.training.train import DRAFT_DIR, TrainConfig, train
 
 
@@ -13,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_argument(parser)
     parser.add_argument("--data", required=True, nargs="+", metavar="DIR",
                         help="datagen shard directory; several: one dataset made in parts (same target and settings)")
-    parser.add_argument("--arch", choices=["dream", "eagle2"], default="dream")
+    parser.add_argument("--arch", choices=list(ARCHITECTURES), default="dream")
     parser.add_argument("--out", required=True,
                         help=f"run directory: the trained draft goes to OUT/{DRAFT_DIR}/, plus checkpoints/ "
                              "and train_log.jsonl")
@@ -21,10 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global batch")
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--warmup", type=int, default=defaults.warmup)
-    parser.add_argument("--w-feat", type=float, default=defaults.w_feat)
-    parser.add_argument("--w-mid", type=float, default=None, help="default: 0.2 (dream), 0 (eagle2)")
+    parser.add_argument("--w-feat", type=float, default=None, help="default: 0.2 (dream, eagle2), 0 (eagle3)")
+    parser.add_argument("--w-mid", type=float, default=None, help="default: 0.2 (dream), 0 (eagle2, eagle3)")
     parser.add_argument("--w-kl", type=float, default=defaults.w_kl)
-    parser.add_argument("--keep-ratio", type=float, default=None, help="default: 0.75 (dream), 1.0 (eagle2)")
+    parser.add_argument("--keep-ratio", type=float, default=None, help="default: 0.75 (dream), 1.0 (eagle2, eagle3)")
+    parser.add_argument("--ttt-steps", type=int, default=None, metavar="K",
+                        help="training-time test: also train K - 1 steps on the draft's own earlier outputs "
+                             "(1 = teacher forcing; default: 3 for eagle3, else 1)")
     parser.add_argument("--noise", type=float, default=defaults.noise)
     add_dtype_argument(parser, "training precision: bf16 autocast, or fp32")
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
@@ -45,8 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         arch=args.arch, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-        w_feat=args.w_feat, w_mid=args.w_mid, w_kl=args.w_kl, keep_ratio=args.keep_ratio, noise=args.noise,
-        dtype=args.dtype, val_fraction=args.val_fraction, eval_every=args.eval_every, save_every=args.save_every,
+        w_feat=args.w_feat, w_mid=args.w_mid, w_kl=args.w_kl, keep_ratio=args.keep_ratio, ttt_steps=args.ttt_steps,
+        noise=args.noise, dtype=args.dtype, val_fraction=args.val_fraction, eval_every=args.eval_every,
+        save_every=args.save_every,
         draft_vocab=args.draft_vocab, blocks=args.blocks, seed=args.seed, gate_lr_scale=args.gate_lr_scale,
     )
     result = train(cfg, args.target, args.data, args.out, resume=args.resume, device=args.device)

@@ -19,6 +19,7 @@ from dream.training.distributed import Distributed
 from dream.draft import DraftModel
 from dream.training.losses import LossTerms, LossWeights, draft_loss
 from dream.training.shards import ShardDataset, ShardSample
+from dream.training.ttt import unroll
 
 
 def split_indices(num_samples: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -68,7 +69,8 @@ def noise_generator(seed: int, step: int, slot: int) -> torch.Generator:
 @dataclass
 class Batch:
     input_embeds: Tensor      # [B, S, H] merged input embeddings (pruned, right-padded)
-    memory: Tensor            # [B, S, H] target features the draft reads (noised at training)
+    memory: Tensor            # [B, S, W] target entries the draft reads (DraftModel.target_entries; noised at
+                              #   training): the features, or EAGLE-3's three layer states (W = 3H)
     features: Tensor          # [B, S, H] clean target features: regression and distribution targets
     mid: Tensor               # [B, S, H] output of the entropy-selected layer
     positions: Tensor         # [B, S] long, original target positions (gaps where visual tokens were pruned)
@@ -77,10 +79,11 @@ class Batch:
 
 
 @torch.no_grad()
-def make_batch(dataset: ShardDataset, indices: Sequence[int], target: Any, keep_ratio: float,
+def make_batch(dataset: ShardDataset, indices: Sequence[int], target: Any, draft: DraftModel,
                noise: float, generators: Sequence[torch.Generator] | None, device: torch.device) -> Batch:
-    """Samples -> a padded batch. Visual tokens are pruned exactly as DraftProposer.begin prunes them at
-    inference (dream.draft.compression, stored last-layer scores); every per-position tensor goes with them.
+    """Samples -> a padded batch for `draft`. Visual tokens are pruned at its keep ratio exactly as
+    DraftProposer.begin prunes them at inference (dream.draft.compression, stored last-layer scores); every
+    per-position tensor goes with them.
     With `generators` (one per sample), uniform noise U(-noise/2, noise/2) is added to the memory only
     (EAGLE's augmentation; its extra 512 / seq_len factor is left out, so the noise does not depend on
     padding)."""
@@ -89,12 +92,12 @@ def make_batch(dataset: ShardDataset, indices: Sequence[int], target: Any, keep_
         sample = dataset[index]
         embeds = target.embed(sample.input_ids.to(device)).float()                      # [S, H]
         embeds[sample.visual_positions.to(device)] = sample.visual_embeds.to(device, torch.float32)
-        kept = _kept(sample, keep_ratio)
-        embeds, features, mid, loss_mask = prune(kept, embeds, sample.features.float(), sample.mid_features.float(),
-                                                 sample.loss_mask)
-        memory = features
+        kept = _kept(sample, draft.config.keep_ratio)
+        entries = draft.target_entries(sample.features.float(), sample.aux_features.float())
+        embeds, memory, features, mid, loss_mask = prune(kept, embeds, entries, sample.features.float(),
+                                                         sample.mid_features.float(), sample.loss_mask)
         if generators is not None and noise > 0:
-            memory = features + (torch.rand(features.shape, generator=generators[j]) - 0.5) * noise
+            memory = memory + (torch.rand(memory.shape, generator=generators[j]) - 0.5) * noise
         rows.append({"input_embeds": embeds, "memory": memory, "features": features, "mid": mid,
                      "positions": kept, "loss_mask": loss_mask})
     lengths = torch.tensor([row["positions"].shape[0] for row in rows], device=device)
@@ -115,63 +118,92 @@ def _kept(sample: ShardSample, keep_ratio: float) -> Tensor:
     return select_kept_positions(sample.visual_mask, sample.visual_scores, keep_ratio)
 
 
-def forward_loss(draft: DraftModel, batch: Batch, weights: LossWeights,
-                 with_logits: bool = False) -> tuple[LossTerms, Tensor | None]:
-    """The DREAM loss (dream.training.losses.draft_loss) on one batch, and the draft's logits at the loss tokens when
-    asked. Not dream.training.losses.teacher_forced_loss: that one feeds the same features as memory input and as
-    target, while training reads noised features and regresses onto clean ones."""
-    sel = batch.loss_mask
-    want_logits = bool(weights.kl) or with_logits
-    out = draft.forward_train(batch.input_embeds, batch.memory, batch.positions, batch.attention_mask,
-                              logits_at=sel if want_logits else None, with_logits=False)
+@dataclass(frozen=True)
+class BatchLoss:
+    terms: LossTerms
+    draft_logits: Tensor | None      # [n, V_draft] at the loss rows, step after step (when asked)
+    target_features: Tensor          # [n, H] the target's clean features at those rows
+    rows_per_step: list[int]         # the rows of each training-time-test step, in order (sum n)
+
+
+def forward_loss(draft: DraftModel, batch: Batch, weights: LossWeights, ttt_steps: int = 1,
+                 with_logits: bool = False) -> BatchLoss:
+    """The DREAM loss (dream.training.losses.draft_loss) on one batch, averaged over the loss rows of every
+    training-time-test step (dream.training.ttt; 1 step = teacher forcing). Not
+    dream.training.losses.teacher_forced_loss: that one feeds the same features as memory input and as
+    target, while training reads noised entries and regresses onto clean features."""
+    steps = unroll(draft, batch.input_embeds, batch.memory, batch.positions, batch.attention_mask, batch.loss_mask,
+                   ttt_steps)
+
+    def draft_rows(name: str) -> Tensor:
+        """[n, H]: a draft output at the loss rows of every step."""
+        return torch.cat([getattr(step.output, name)[step.loss_mask] for step in steps])
+
+    def batch_rows(tensor: Tensor) -> Tensor:
+        """[n, H]: a batch tensor [B, S, H] at the loss rows of every step (each step's target is its index's)."""
+        return torch.cat([tensor[step.loss_mask] for step in steps])
+
+    features = draft_rows("features")
+    draft_logits = draft.head(features) if weights.kl or with_logits else None
+    target_features = batch_rows(batch.features)
     target_logits = None
     if weights.kl:
         with torch.no_grad():
             # The draft's head is the target's (restricted to the draft vocabulary when reduced).
-            target_logits = draft.head(batch.features[sel].to(draft.dtype))
+            target_logits = draft.head(target_features.to(draft.dtype))
     terms = draft_loss(
-        loss_mask=torch.ones(int(sel.sum()), dtype=torch.bool, device=sel.device),
-        draft_features=out.features[sel], target_features=batch.features[sel],
-        draft_first=out.first_hidden[sel], target_mid=batch.mid[sel],
-        draft_logits=out.logits, target_logits=target_logits, weights=weights,
+        loss_mask=torch.ones(features.shape[0], dtype=torch.bool, device=features.device),
+        draft_features=features, target_features=target_features,
+        draft_first=draft_rows("first_hidden"), target_mid=batch_rows(batch.mid),
+        draft_logits=draft_logits, target_logits=target_logits, weights=weights,
     )
-    return terms, out.logits if with_logits else None
+    return BatchLoss(terms, draft_logits if with_logits else None, target_features,
+                     [int(step.loss_mask.sum()) for step in steps])
 
 
 class LossModule(torch.nn.Module):
     """The draft behind a forward() that returns the loss: what DistributedDataParallel wraps (it syncs
     gradients of whatever its forward computes)."""
 
-    def __init__(self, draft: DraftModel, weights: LossWeights) -> None:
+    def __init__(self, draft: DraftModel, weights: LossWeights, ttt_steps: int) -> None:
         super().__init__()
         self.draft = draft
         self.weights = weights
+        self.ttt_steps = ttt_steps
 
     def forward(self, batch: Batch) -> LossTerms:
-        return forward_loss(self.draft, batch, self.weights)[0]
+        return forward_loss(self.draft, batch, self.weights, self.ttt_steps).terms
 
 
 @torch.no_grad()
-def evaluate(draft: DraftModel, dataset: ShardDataset, val_indices: Sequence[int], target: Any, keep_ratio: float,
-             weights: LossWeights, batch_size: int, ctx: Distributed, autocast: Any) -> dict[str, float]:
-    """Validation loss terms (token-weighted means) and top-1 agreement: the draft's argmax (mapped to target
-    ids) equals the target's argmax over its full vocabulary, at loss tokens, without noise. Ranks split
+def evaluate(draft: DraftModel, dataset: ShardDataset, val_indices: Sequence[int], target: Any, weights: LossWeights,
+             ttt_steps: int, batch_size: int, ctx: Distributed, autocast: Any) -> dict[str, Any]:
+    """Validation loss terms (row-weighted means over every training-time-test step) and top-1 agreement: the
+    draft's argmax (mapped to target ids) equals the target's argmax over its full vocabulary, at loss tokens,
+    without noise; val_top1 at step 1 (teacher forcing), and with several steps val_top1_by_step. Ranks split
     the samples and sum."""
-    sums = torch.zeros(6, dtype=torch.float64, device=ctx.device)    # loss, feature, mid, kl, tokens, agree
+    # loss, feature, mid, kl, rows; then agreements and rows of each step
+    sums = torch.zeros(5 + 2 * ttt_steps, dtype=torch.float64, device=ctx.device)
     mine = list(val_indices)[ctx.rank::ctx.world_size]
     for start in range(0, len(mine), batch_size):
-        batch = make_batch(dataset, mine[start: start + batch_size], target, keep_ratio, 0.0, None, ctx.device)
+        batch = make_batch(dataset, mine[start: start + batch_size], target, draft, 0.0, None, ctx.device)
         with autocast():
-            terms, logits = forward_loss(draft, batch, weights, with_logits=True)
-        draft_top = logits.argmax(-1)
+            loss = forward_loss(draft, batch, weights, ttt_steps, with_logits=True)
+        draft_top = loss.draft_logits.argmax(-1)
         if draft.vocab_map is not None:
             draft_top = draft.vocab_map[draft_top]
-        target_top = target.head(batch.features[batch.loss_mask].to(target.model.dtype)).argmax(-1)
-        n = terms.num_tokens
+        target_top = target.head(loss.target_features.to(target.model.dtype)).argmax(-1)
+        agree = [int(part.sum()) for part in (draft_top == target_top).split(loss.rows_per_step)]
+        terms, n = loss.terms, loss.terms.num_tokens
         sums += torch.tensor([terms.total.item() * n, terms.feature.item() * n, terms.mid.item() * n,
-                              terms.kl.item() * n, n, int((draft_top == target_top).sum())],
+                              terms.kl.item() * n, n, *agree, *loss.rows_per_step],
                              dtype=torch.float64, device=ctx.device)
     ctx.all_reduce_sum(sums)
     n = max(sums[4].item(), 1.0)
-    return {"val_loss": sums[0].item() / n, "val_feature": sums[1].item() / n, "val_mid": sums[2].item() / n,
-            "val_kl": sums[3].item() / n, "val_tokens": int(sums[4].item()), "val_top1": sums[5].item() / n}
+    by_step = [sums[5 + k].item() / max(sums[5 + ttt_steps + k].item(), 1.0) for k in range(ttt_steps)]
+    metrics: dict[str, Any] = {"val_loss": sums[0].item() / n, "val_feature": sums[1].item() / n,
+                               "val_mid": sums[2].item() / n, "val_kl": sums[3].item() / n,
+                               "val_tokens": int(sums[4].item()), "val_top1": by_step[0]}
+    if ttt_steps > 1:
+        metrics["val_top1_by_step"] = by_step
+    return metrics

@@ -1,9 +1,10 @@
-"""`dream train`: train a DREAM (or EAGLE-2-style) draft on datagen shards.
+"""`dream train`: train a DREAM (or EAGLE-2 / EAGLE-3-style) draft on datagen shards.
 
 Loss (dream.training.losses): w_feat * SmoothL1(final feature) + w_mid * SmoothL1(first-block output vs the output
 of the entropy-selected target layer) + w_kl * KL(target || draft), on response tokens; the target
-distribution is the target's head over the stored features. Visual tokens are pruned with the stored
-last-layer scores, exactly as at inference. AdamW (0.9, 0.95), transformers' linear warm-up then linear decay, gradient
+distribution is the target's head over the stored features. With --ttt-steps K > 1 the loss is averaged over K
+training-time-test steps, steps 2 .. K feeding the draft its own earlier outputs (dream.training.ttt).
+Visual tokens are pruned with the stored last-layer scores, exactly as at inference. AdamW (0.9, 0.95), transformers' linear warm-up then linear decay, gradient
 clipping, optional bf16 autocast.
 
 Multi-process (torchrun): DistributedDataParallel, gloo on CPU / nccl on GPU. The global batch is split
@@ -57,15 +58,18 @@ GATE_SUFFIX = "_gate"         # CrossAttentionBlock's cross_attn_attn_gate / cro
 
 @dataclass(frozen=True)
 class TrainConfig:
-    arch: str = "dream"                   # "dream" | "eagle2"
+    arch: str = "dream"                   # "dream" | "eagle2" | "eagle3"
     steps: int = 1000
     batch_size: int = 4                   # global: split across processes
     lr: float = 3e-5
     warmup: int = 100                     # steps of linear warm-up from 0, then linear decay towards 0
-    w_feat: float = 0.2
-    w_mid: float | None = None            # None: 0.2 for dream, 0 for eagle2 (EAGLE has no mid supervision)
+    w_feat: float | None = None           # None: 0.2, but 0 for eagle3 (EAGLE-3 dropped feature regression)
+    w_mid: float | None = None            # None: 0.2 for dream, 0 for the EAGLE baselines (no mid supervision)
     w_kl: float = 1.0
     keep_ratio: float | None = None       # visual tokens kept; None: the architecture's default (0.75 / 1.0)
+    # Training-time test steps (1 = teacher forcing). None: 3 for eagle3 (EAGLE-3 trains with 7; each step adds a
+    # forward over the batch whose attention spans all earlier steps, so 3 keeps CPU training affordable), else 1.
+    ttt_steps: int | None = None
     noise: float = 0.2                    # uniform feature-noise width (0 = off)
     dtype: str = DEFAULT_DTYPE            # bf16: autocast, and the frozen target (embeddings, head) in bf16
     val_fraction: float = 0.02
@@ -81,9 +85,13 @@ class TrainConfig:
     gate_lr_scale: float = 100.0
 
     def __post_init__(self) -> None:
+        if self.w_feat is None:
+            object.__setattr__(self, "w_feat", 0.0 if self.arch == "eagle3" else 0.2)
         if self.w_mid is None:
             object.__setattr__(self, "w_mid", 0.2 if self.arch == "dream" else 0.0)
-        for name in ("steps", "batch_size"):
+        if self.ttt_steps is None:
+            object.__setattr__(self, "ttt_steps", 3 if self.arch == "eagle3" else 1)
+        for name in ("steps", "batch_size", "ttt_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup", "eval_every", "save_every"):
@@ -154,7 +162,7 @@ class _Run:
         self.schedule = BatchSchedule(self.train_indices, cfg.batch_size, cfg.seed)
         self.draft = self._build_draft()
         self.keep_ratio = self.draft.config.keep_ratio
-        module = LossModule(self.draft, cfg.weights())
+        module = LossModule(self.draft, cfg.weights(), cfg.ttt_steps)
         # With only the mid term, blocks after the first get no gradient: DDP must be told.
         unused = cfg.w_feat == 0 and cfg.w_kl == 0
         self.model = DistributedDataParallel(module, find_unused_parameters=unused) if ctx.active else module
@@ -214,7 +222,7 @@ class _Run:
         global_batch = self.schedule.global_batch(step)
         part = local_slice(cfg.batch_size, ctx)
         generators = [noise_generator(cfg.seed, step, slot) for slot in range(cfg.batch_size)][part]
-        batch = make_batch(self.dataset, global_batch[part], self.target, self.keep_ratio, cfg.noise, generators,
+        batch = make_batch(self.dataset, global_batch[part], self.target, self.draft, cfg.noise, generators,
                            ctx.device)
         with self.autocast():
             terms = self.model(batch)
@@ -239,8 +247,8 @@ class _Run:
         if not self.val_indices:
             return {"step": step}
         per_rank = max(1, self.cfg.batch_size // self.ctx.world_size)
-        metrics = evaluate(self.draft, self.dataset, self.val_indices, self.target, self.keep_ratio,
-                           self.cfg.weights(), per_rank, self.ctx, self.autocast)
+        metrics = evaluate(self.draft, self.dataset, self.val_indices, self.target, self.cfg.weights(),
+                           self.cfg.ttt_steps, per_rank, self.ctx, self.autocast)
         record = {"step": step, **metrics}
         gates = gate_openings(self.draft)
         if gates:
