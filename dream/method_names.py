@@ -4,6 +4,7 @@
     hf      transformers' own generate() on the loaded model (harness only)
     pld     prompt lookup, model-free (vLLM: its n-gram proposer)
     eagle2  the EAGLE-2-style draft
+    eagle3  the EAGLE-3-style draft (harness only, until the vLLM plugin serves it)
     dream   the DREAM draft; the harness also takes ablations dream-<what> (dream.methods)
 
 The vLLM side once named ar `base` and pld `ngram` (the recorded runs in docs/results/vllm-*.json, `dream serve
@@ -14,7 +15,9 @@ dream.serving loads this module in vLLM's processes.
 from __future__ import annotations
 
 AR, HF, PLD = "ar", "hf", "pld"
-SHIPPED_NAMES = ("eagle2", "dream")
+DRAFT_NAMES = ("eagle2", "eagle3", "dream")   # one method per draft architecture; shipped drafts are looked up
+                                              #   under these names (dream.methods.SHIPPED_DRAFTS)
+SHIPPED_NAMES = ("eagle2", "dream")           # the drafts the package ships, the ones vLLM serves
 BASELINES = (AR, HF, PLD)     # methods without a draft
 PLAIN = (AR, HF)              # plain decoding: a speedup's baseline
 VLLM_METHODS = (AR, PLD, *SHIPPED_NAMES)   # what `dream bench --engine vllm` runs (drafts as chains)

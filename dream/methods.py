@@ -2,7 +2,7 @@
 
 Methods: `ar` (plain autoregressive decoding through the engine), `hf` (the same loaded model's own
 transformers `generate()`, dream.bench.hf; bench and demo only), `pld` (prompt lookup, model-free), and one
-per draft: `eagle2`, `dream`, and ablations `dream-<what>` (a differently trained DREAM draft, or the DREAM
+per draft: `eagle2`, `eagle3`, `dream`, and ablations `dream-<what>` (a differently trained DREAM draft, or the DREAM
 draft run at another visual keep ratio, `dream-keep50`). A method's name fixes the draft architecture it
 needs, so a mislabelled checkpoint is refused before anything runs.
 """
@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from dream.draft import DraftCheckpoint, DraftProposer, load_draft, read_draft_config
-from dream.method_names import BASELINES, PLAIN, SHIPPED_NAMES
+from dream.method_names import BASELINES, DRAFT_NAMES, PLAIN, SHIPPED_NAMES
 from dream.pld import PromptLookupProposer
 from dream.proposer import Proposer
 from dream.sampling import SamplingConfig
@@ -29,7 +29,7 @@ from dream.tree import TreeConfig
 log = logging.getLogger(__name__)
 
 SHIPPED_DRAFTS = Path(__file__).resolve().parent / "assets" / "drafts"
-_DRAFT_METHOD = re.compile(r"(eagle2|dream|dream-[a-z0-9][a-z0-9._-]*)")
+_DRAFT_METHOD = re.compile(r"(eagle2|eagle3|dream|dream-[a-z0-9][a-z0-9._-]*)")
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,9 @@ def draft_architecture(name: str) -> str:
     if name in BASELINES:
         raise ValueError(f"{name!r} names a method without a draft; it cannot name a draft")
     if not _DRAFT_METHOD.fullmatch(name):
-        raise ValueError(f"unknown method name {name!r}: drafts are named eagle2, dream or dream-<ablation> "
-                         f"(lower case letters, digits, '.', '_', '-')")
-    return "eagle2" if name == "eagle2" else "dream"
+        raise ValueError(f"unknown method name {name!r}: drafts are named eagle2, eagle3, dream or "
+                         f"dream-<ablation> (lower case letters, digits, '.', '_', '-')")
+    return name if name in DRAFT_NAMES else "dream"
 
 
 def draft_spec(path: Path, name: str | None = None) -> DraftSpec:
@@ -69,14 +69,18 @@ def draft_spec(path: Path, name: str | None = None) -> DraftSpec:
     return DraftSpec(name, path)
 
 
-def shipped_drafts() -> list[DraftSpec]:
-    """The shipped drafts (for the zoo target) that exist; each missing one is a logged warning."""
+def shipped_drafts(selected: Sequence[str] | None = None) -> list[DraftSpec]:
+    """The shipped drafts (for the zoo target) that exist. A missing one is skipped, with a logged warning
+    for those the package ships (SHIPPED_NAMES) and quietly for eagle3 (none is shipped yet); one that
+    `selected` names is a ValueError instead."""
     found = []
-    for name in SHIPPED_NAMES:
+    for name in DRAFT_NAMES:
         path = SHIPPED_DRAFTS / name
         if (path / "config.json").is_file():
             found.append(DraftSpec(name, path))
-        else:
+        elif selected is not None and name in selected:
+            raise ValueError(f"no shipped {name} draft at {path}: give one with --draft {name}=DIR")
+        elif name in SHIPPED_NAMES:
             log.warning("shipped %s draft not found at %s: skipping it", name, path)
     return found
 

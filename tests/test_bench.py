@@ -32,12 +32,12 @@ FAST = [*FAST_RUN, "--tree-top-k", "2", "--depth", "2", "--total-tokens", "4"]
 
 @pytest.fixture(scope="module")
 def setup(tiny_target_path, tmp_path_factory) -> dict[str, Path]:
-    """The target, drafts (dream, eagle2, a second dream with larger weights) and a 3-prompt file."""
+    """The target, drafts (dream, eagle2, eagle3, a second dream with larger weights) and a 3-prompt file."""
     root = tmp_path_factory.mktemp("bench")
     target_dir = tiny_target_path("idefics3")
     target = TargetAdapter.from_pretrained(target_dir)
     paths = {"target": target_dir, "root": root}
-    for name, arch in (("dream", "dream"), ("eagle2", "eagle2"), ("nomid", "dream")):
+    for name, arch in (("dream", "dream"), ("eagle2", "eagle2"), ("eagle3", "eagle3"), ("nomid", "dream")):
         torch.manual_seed(len(name))
         draft = build_draft(DraftConfig.from_target(target, arch))
         if name == "nomid":      # a second, different draft of the same architecture
@@ -66,12 +66,12 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 def test_bench_json_has_every_method_and_no_greedy_mismatch(setup, tmp_path, capsys):
     out, plot = tmp_path / "r.json", tmp_path / "r.png"
     argv = ["bench", "--target", str(setup["target"]), "--prompts", str(setup["prompts"]),
-            "--draft", f"dream={setup['dream']}", "--draft", str(setup["eagle2"]),
+            "--draft", f"dream={setup['dream']}", "--draft", str(setup["eagle2"]), "--draft", str(setup["eagle3"]),
             "--draft", f"dream-nomid={setup['nomid']}", "--keep-ratios", "1.0,0.5", "--repeats", "2",
             "--json", str(out), "--plot", str(plot), "--threads", "1", *FAST]
     assert main(argv) == 0
     doc = json.loads(out.read_text())
-    names = ["ar", "hf", "pld", "dream", "eagle2", "dream-nomid", "dream-keep100", "dream-keep50"]
+    names = ["ar", "hf", "pld", "dream", "eagle2", "eagle3", "dream-nomid", "dream-keep100", "dream-keep50"]
     assert list(doc["methods"]) == names and doc["mismatch_reference"] == "hf"
     assert doc["speedup_baseline"] in ("ar", "hf")
     for name, m in doc["methods"].items():
@@ -137,6 +137,7 @@ ERRORS = {
     "unknown_method": (lambda s, t: ["--draft", f"medusa={s['dream']}"], ["unknown method name 'medusa'"]),
     "baseline_name": (lambda s, t: ["--draft", f"pld={s['dream']}"], ["'pld' names a method without a draft"]),
     "wrong_architecture": (lambda s, t: ["--draft", f"eagle2={s['dream']}"], ["is a dream checkpoint"]),
+    "wrong_eagle": (lambda s, t: ["--draft", f"eagle3={s['eagle2']}"], ["is a eagle2 checkpoint", "needs a eagle3"]),
     "other_target": (lambda s, t: ["--draft", str(s["other"])], ["different target", "lm_head_sha256"]),
     "keep_without_dream": (lambda s, t: ["--keep-ratios", "0.5"], ["--keep-ratios"]),
     "bad_keep_ratio": (lambda s, t: ["--draft", str(s["dream"]), "--keep-ratios", "1.5"], ["(0, 1]"]),
@@ -269,10 +270,17 @@ def test_load_image_names_the_file(tmp_path):
 
 
 def test_shipped_drafts_skip_missing_with_a_warning(tmp_path, monkeypatch, caplog):
+    """eagle2 and dream ship: a missing one is a warning. No eagle3 draft ships yet: it is skipped quietly,
+    used when present, and an error only when the run asks for it."""
     monkeypatch.setattr(dream.methods, "SHIPPED_DRAFTS", tmp_path)
     (tmp_path / "dream").mkdir()
     (tmp_path / "dream" / "config.json").write_text("{}")
     with caplog.at_level("WARNING"):
         found = shipped_drafts()
     assert [(d.name, d.path) for d in found] == [("dream", tmp_path / "dream")]
-    assert "shipped eagle2 draft not found" in caplog.text
+    assert "shipped eagle2 draft not found" in caplog.text and "eagle3" not in caplog.text
+    with pytest.raises(ValueError, match=r"no shipped eagle3 draft at .*: give one with --draft eagle3=DIR"):
+        shipped_drafts(["ar", "eagle3"])
+    (tmp_path / "eagle3").mkdir()
+    (tmp_path / "eagle3" / "config.json").write_text("{}")
+    assert [d.name for d in shipped_drafts(["ar", "eagle3"])] == ["eagle3", "dream"]

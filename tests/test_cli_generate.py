@@ -36,7 +36,7 @@ def setup(tiny_target_path, tmp_path_factory) -> dict[str, Path]:
     # Drafts trained on the target's own answer to the prompt the tests send: they get accepted.
     inputs = target.build_inputs(user_messages(PROMPT, with_image=True), [image])
     answer = generate(target, inputs, max_new_tokens=10).token_ids
-    for arch in ("dream", "eagle2"):
+    for arch in ("dream", "eagle2", "eagle3"):
         paths[arch] = save_draft(root / arch, overfit_draft(target, inputs, answer, arch), target.fingerprint(),
                                  dtype=torch.float32)
     return paths
@@ -60,7 +60,7 @@ def test_generate_json_fields_and_lossless(setup, capsys):
     assert image_id in ar["prompt_token_ids"]
     assert ar["config"]["dtype"] == "fp32" and ar["config"]["draft"] is None
     for extra in (["--draft", str(setup["dream"])], ["--draft", str(setup["eagle2"]), "--method", "eagle2"],
-                  ["--method", "pld"]):
+                  ["--draft", str(setup["eagle3"])], ["--method", "pld"]):
         spec = generate_json(setup, capsys, *extra)
         assert spec["token_ids"] == ar["token_ids"] and spec["text"] == ar["text"], extra
         assert spec["num_tokens"] == len(spec["token_ids"])
@@ -126,6 +126,11 @@ def test_choose_method_defaults_to_the_shipped_dream_draft(tmp_path, monkeypatch
     assert generate_command.choose_method(None, None, str(tmp_path)) == ("ar", None)
     with pytest.raises(ValueError, match="no shipped eagle2 draft"):
         generate_command.choose_method("eagle2", None, "smolvlm-135m")
+    with pytest.raises(ValueError, match="--method eagle3 needs --draft DIR .no shipped eagle3 draft"):
+        generate_command.choose_method("eagle3", None, "smolvlm-135m")
+    (tmp_path / "eagle3").mkdir()
+    (tmp_path / "eagle3" / "config.json").write_text("{}")
+    assert generate_command.choose_method("eagle3", None, "smolvlm-135m") == ("eagle3", tmp_path / "eagle3")
 
 
 def test_dtype_auto_follows_native_bf16(monkeypatch):

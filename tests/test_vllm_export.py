@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig
 
 from dream.cli import main
-from dream.draft import DraftConfig, read_draft_config
+from dream.draft import DraftConfig, build_draft, read_draft_config, save_draft
 from dream.methods import SHIPPED_DRAFTS
 from dream.serving.export import (
     DRAFT_ARCHITECTURE,
@@ -49,6 +49,16 @@ def test_dream_export_writes_the_folder_vllm_loads(tmp_path, capsys):
         read_draft_config(SHIPPED_DRAFTS / "dream")["draft"])
     assert (out / "model.safetensors").read_bytes() == (SHIPPED_DRAFTS / "dream" / "model.safetensors").read_bytes()
     assert sorted(p.name for p in out.parent.iterdir()) == ["dream-vllm"]     # no temporary folder left
+
+
+def test_an_eagle3_draft_is_not_exported_until_the_plugin_serves_it(tmp_path, capsys):
+    cfg = DraftConfig(architecture="eagle3", hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                      intermediate_size=64, vocab_size=50, blocks=("self",), aux_layers=(1, 2, 3))
+    save_draft(tmp_path / "eagle3", build_draft(cfg), {"family": "llama"})
+    assert main(["export", str(tmp_path / "eagle3"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "serves dream and eagle2 drafts, not eagle3" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_dream_export_fills_an_empty_folder(tmp_path, capsys):

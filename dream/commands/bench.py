@@ -13,8 +13,9 @@ context) is raised before the first timed generation. The loop is dream.bench.ru
 dream.bench.report.
 
 `--engine vllm` runs the same prompts through vLLM (dream.serving.bench) under the same method names
-(dream.method_names): ar, pld, eagle2, dream. ENGINE_FLAGS says which engine each flag is for; a flag of one
-engine given to the other is a one-line error, and a flag missing from the table fails at parser build.
+(dream.method_names): ar, pld, eagle2, dream (eagle3 runs in the harness only, for now). ENGINE_FLAGS says
+which engine each flag is for; a flag of one engine given to the other is a one-line error, and a flag
+missing from the table fails at parser build.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"--engine vllm: chain length per step (default: the harness tree's depth, "
                              f"{CPU_TREE.depth})")
     parser.add_argument("--draft", action="append", default=[], metavar="NAME=DIR",
-                        help="a draft checkpoint; NAME is eagle2, dream or dream-<ablation> (default: its "
+                        help="a draft checkpoint; NAME is eagle2, eagle3, dream or dream-<ablation> (default: its "
                              "architecture). Repeatable. Default: the shipped drafts of a zoo target")
     parser.add_argument("--methods", metavar="NAME,NAME,...",
                         help="run only these (default: ar, hf, pld and every draft; vllm: ar, pld, eagle2, dream); "
@@ -143,9 +144,9 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(args.json, args.plot)
     keep_ratios = parse_keep_ratios(args.keep_ratios)
     drafts = [parse_draft_arg(text) for text in args.draft]
-    if not drafts and is_zoo_name(args.target):
-        drafts = shipped_drafts()
     selected = parse_methods(args.methods)
+    if not drafts and is_zoo_name(args.target):
+        drafts = shipped_drafts(selected)
     plan_method_names(drafts, keep_ratios, selected)
     prompts = read_prompts(args.prompts, limit=args.limit)
     dev_file = args.dev_prompts or DEV_PROMPTS

@@ -2,8 +2,8 @@
 
     dream generate --target smolvlm-135m --image cat.png --prompt "Describe this image." [--method dream]
 
-Method: ar (plain decoding), pld (prompt lookup), dream or eagle2 (a draft: --draft DIR, or the shipped
-one of a zoo target). Without --method: the --draft's architecture, else the shipped dream draft of a zoo
+Method: ar (plain decoding), pld (prompt lookup), dream, eagle2 or eagle3 (a draft: --draft DIR, or the
+shipped one of a zoo target). Without --method: the --draft's architecture, else the shipped dream draft of a zoo
 target when it exists, else ar. With --json nothing is streamed (streaming would be timed too) and one
 JSON object is printed: text, prompt_token_ids, token_ids (new tokens), tau, tokens_per_s,
 target_forwards and the rest of dream.metrics' summary, plus the resolved settings.
@@ -29,17 +29,19 @@ from dream.commands.common import (
 )
 from dream.engine import generate
 from dream.images import read_image
+from dream.method_names import DRAFT_NAMES
 from dream.methods import SHIPPED_DRAFTS, DraftSpec, draft_spec, is_zoo_name, load_methods, make_proposer
 from dream.sampling import SamplingConfig
 from dream.settings import torch_dtype
 from dream.target import load_target
 
-METHODS = ("ar", "pld", "dream", "eagle2")
+METHODS = ("ar", "pld", "dream", "eagle2", "eagle3")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_argument(parser)
-    parser.add_argument("--draft", type=Path, metavar="DIR", help="draft checkpoint (for --method dream / eagle2)")
+    parser.add_argument("--draft", type=Path, metavar="DIR",
+                        help="draft checkpoint (for --method dream / eagle2 / eagle3)")
     parser.add_argument("--image", type=Path, metavar="FILE", help="the image (omit for a text-only prompt)")
     parser.add_argument("--prompt", required=True, help="the user's text; sent through the chat template")
     parser.add_argument("--method", choices=METHODS, help="default: the draft's architecture, see above")
@@ -89,13 +91,13 @@ def run(args: argparse.Namespace) -> int:
 
 def choose_method(requested: str | None, draft: DraftSpec | None, target: str) -> tuple[str, Path | None]:
     """(method name, draft directory or None for ar / pld); ValueError for a contradiction."""
-    shipped = {name: SHIPPED_DRAFTS / name for name in ("dream", "eagle2")
+    shipped = {name: SHIPPED_DRAFTS / name for name in DRAFT_NAMES
                if is_zoo_name(target) and (SHIPPED_DRAFTS / name / "config.json").is_file()}
     if requested is None:
         requested = draft.name if draft is not None else ("dream" if "dream" in shipped else "ar")
     if requested in ("ar", "pld"):
         if draft is not None:
-            raise ValueError(f"--draft is not used by --method {requested}: drop it or choose dream / eagle2")
+            raise ValueError(f"--draft is not used by --method {requested}: drop it or choose dream / eagle2 / eagle3")
         return requested, None
     if draft is not None:
         if draft.name != requested:

@@ -30,6 +30,7 @@ DRAFT_ARCHITECTURE = "EagleDreamDraft"   # starts with "Eagle": vLLM's EAGLEConf
 EXPORT_FORMAT = "dream-vllm-draft"
 EXPORT_VERSION = 1
 CONFIG_KEY = "dream_draft"               # where the dream config sits inside the exported config.json
+SERVED_ARCHITECTURES = ("dream", "eagle2")   # the drafts the plugin's model (draft_model.py) builds
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ def export_for_vllm(draft_dir: str | Path, out_dir: str | Path) -> Path:
     draft_dir = Path(draft_dir).resolve()
     config = read_draft_config(draft_dir)          # validated: unknown keys, version, dtype
     cfg = DraftConfig.from_dict(config["draft"])
+    if cfg.architecture not in SERVED_ARCHITECTURES:
+        raise ValueError(f"{draft_dir}: the vLLM plugin serves {' and '.join(SERVED_ARCHITECTURES)} drafts, "
+                         f"not {cfg.architecture} (run it with the harness: dream generate / bench)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf_config = _hf_config(cfg, config, draft_dir)
