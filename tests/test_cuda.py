@@ -18,15 +18,16 @@ from dream.tree import TreeConfig
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "gemma3"])
-def test_speculative_equals_plain_on_cuda(tiny_target_path, tmp_path, family):
+@pytest.mark.parametrize("family,architecture", [("llava", "dream"), ("qwen2_5_vl", "dream"), ("gemma3", "dream"),
+                                                 ("gemma3", "eagle3")])
+def test_speculative_equals_plain_on_cuda(tiny_target_path, tmp_path, family, architecture):
     target = load_target(tiny_target_path(family), "fp32", "cuda")
     assert target.model.device.type == "cuda"
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is it?"}]}]
     inputs = target.build_inputs(messages, [tiny_image()])
     plain = generate(target, inputs, max_new_tokens=16)
     cpu_target = load_target(tiny_target_path(family), "fp32", "cpu")
-    draft = overfit_draft(cpu_target, inputs, plain.token_ids, "dream")
+    draft = overfit_draft(cpu_target, inputs, plain.token_ids, architecture)
     save_draft(tmp_path / "draft", draft, cpu_target.fingerprint(), dtype=torch.float32)
     loaded = load_draft(tmp_path / "draft", target).draft
     assert next(loaded.parameters()).device.type == "cuda"
