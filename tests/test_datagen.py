@@ -18,7 +18,8 @@ from safetensors import safe_open
 from dream.cli import main as cli_main
 from dream.training.data import Conversation, Turn, conversation_inputs, load_images, load_llava_json, prompt_inputs
 import dream.training.datagen as datagen_module
-from dream.training.datagen import generate_batch, parse_layer_window, run_datagen
+from dream.training.datagen import parse_layer_window, run_datagen
+from dream.training.hf_answers import generate_batch
 from dream.engine import generate
 from dream.target import TargetAdapter
 from dream.draft.config import LayerWindow

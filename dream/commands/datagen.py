@@ -6,7 +6,7 @@ import argparse
 
 from dream.commands.common import add_device_argument, add_dtype_argument, add_max_new_tokens_argument, add_target_argument
 from dream.settings import DTYPES
-from dream.training.datagen import DatagenConfig, parse_layer_window, run_datagen
+from dream.training.datagen import ENGINES, DatagenConfig, parse_layer_window, run_datagen
 from dream.draft.config import LayerWindow
 
 
@@ -18,7 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-answers", action="store_true", help="keep the dataset's answers (no regeneration)")
     parser.add_argument("--max-samples", type=int, default=None, help="only the first N entries")
     parser.add_argument("--shard-size", type=int, default=256, help="entries per shard")
-    parser.add_argument("--batch-size", type=int, default=8, help="conversations generated together")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="conversations generated together (vllm: requests in flight)")
+    parser.add_argument("--engine", choices=ENGINES, default="hf",
+                        help="what regenerates the answers: hf (batched generate) or vllm (continuous batching; "
+                             "answers kept in OUT/answers/, then the HF target extracts the features)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0 (default): greedy answers; > 0: sampled answers (--engine vllm)")
     add_max_new_tokens_argument(parser, "per regenerated answer")
     parser.add_argument("--layer-window", type=parse_layer_window, default=LayerWindow(),
                         help="candidate layers for the entropy argmin: A:B (0-based, B excluded), or one layer")
@@ -33,9 +39,15 @@ def run(args: argparse.Namespace) -> int:
         target=args.target, data=args.data, image_folder=args.image_folder, out=args.out,
         keep_answers=args.keep_answers, max_samples=args.max_samples, shard_size=args.shard_size,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, layer_window=args.layer_window,
-        dtype=args.dtype, storage_dtype=args.storage_dtype, device=args.device,
+        dtype=args.dtype, storage_dtype=args.storage_dtype, device=args.device, engine=args.engine,
+        temperature=args.temperature,
     )
-    manifest = run_datagen(cfg)
+    answer_stage = None
+    if cfg.engine == "vllm":
+        from dream.serving.datagen import write_vllm_answers
+
+        answer_stage = write_vllm_answers
+    manifest = run_datagen(cfg, answer_stage)
     if manifest is not None:
         print(f"{manifest['num_samples']} samples ({manifest['num_tokens']} tokens) in {len(manifest['shards'])} "
               f"shard(s) at {cfg.out}; skipped {manifest['num_skipped']} of {manifest['num_entries']} entries"

@@ -152,11 +152,13 @@ class TargetAdapter:
             image_processor = given.image_processor if given else AutoImageProcessor.from_pretrained(path)
         return cls(model, tokenizer, image_processor, verify_mode=verify_mode, batch_invariant=batch_invariant)
 
-    def build_inputs(self, prompt: str | list[dict], images: Sequence[Image.Image] = ()) -> TargetInputs:
+    def build_inputs(self, prompt: str | list[dict], images: Sequence[Image.Image] = (), *,
+                     expand_images: bool = True) -> TargetInputs:
         """A string prompt is used verbatim (write the family's image placeholder per image); chat messages
         ({"role", "content"}, content a string or a list of {"type": "text"|"image"} parts) go through the
-        chat template with a generation prompt."""
-        return self._inputs(prompt, images)
+        chat template with a generation prompt. expand_images=False leaves each image placeholder as the
+        tokenizer encodes it, with no pixels: the token prompt for an engine that expands images itself."""
+        return self._inputs(prompt, images, expand_images=expand_images)
 
     def new_cache(self) -> TargetCache:
         return TargetCache()

@@ -84,17 +84,21 @@ class InputBuilder:
         self.chat_template = getattr(processor, "chat_template", None) or tokenizer.chat_template
         self._expand = _EXPANDERS[family.expander](config, processor) if family.expander in _EXPANDERS else None
 
-    def __call__(self, prompt: str | list[dict], images: Sequence[Image.Image] = ()) -> TargetInputs:
+    def __call__(self, prompt: str | list[dict], images: Sequence[Image.Image] = (), *,
+                 expand_images: bool = True) -> TargetInputs:
         images = list(images)
         text, add_special = self._prompt_text(prompt)
         self._check_images(text, images)
-        encoded = self._encode(text, images, add_special)
+        if expand_images:
+            encoded = self._encode(text, images, add_special)
+        else:
+            encoded = dict(self.tokenizer(text, return_tensors="pt", add_special_tokens=add_special))
         input_ids = encoded["input_ids"]
         if input_ids.shape[1] > self.max_context:
             raise ValueError(
                 f"prompt is {input_ids.shape[1]} tokens, longer than the model's context of {self.max_context}"
             )
-        if self.image_token_id is None:
+        if self.image_token_id is None or not expand_images:
             visual_mask = torch.zeros_like(input_ids, dtype=torch.bool)
         else:
             visual_mask = input_ids == self.image_token_id

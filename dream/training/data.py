@@ -138,7 +138,7 @@ class ConversationInputs:
 
 
 def conversation_inputs(target: Any, conversation: Conversation, answers: Sequence[Answer],
-                        images: Sequence[Image.Image]) -> ConversationInputs:
+                        images: Sequence[Image.Image], *, expand_images: bool = True) -> ConversationInputs:
     """The conversation with `answers` as one target sequence, and its loss mask.
 
     With an answer for every turn: the whole conversation. With fewer: the prompt for the next answer.
@@ -155,7 +155,7 @@ def conversation_inputs(target: Any, conversation: Conversation, answers: Sequen
     complete = len(answers) == len(conversation.turns)
     turns = len(answers) if complete else len(answers) + 1
     texts = [answer if isinstance(answer, str) else "" for answer in answers]
-    render, spans = _render(target, conversation, texts, turns, images)
+    render, spans = _render(target, conversation, texts, turns, images, expand_images)
     ids = render.input_ids[0].tolist()
     source: list[int] = []        # render position of each output token; -1 where an answer token is spliced in
     spliced: list[int] = []       # the token at each spliced position (0 elsewhere)
@@ -202,19 +202,21 @@ def _tokenizer_eos(target: Any) -> int:
 
 
 def prompt_inputs(target: Any, conversation: Conversation, answers: Sequence[Answer],
-                  images: Sequence[Image.Image]) -> TargetInputs:
-    """The target's input for generating answer number len(answers) (the conversation so far)."""
+                  images: Sequence[Image.Image], *, expand_images: bool = True) -> TargetInputs:
+    """The target's input for generating answer number len(answers) (the conversation so far); with
+    expand_images=False, the token prompt before image expansion (for vLLM, which expands images itself)."""
     assert len(answers) < len(conversation.turns)
-    return conversation_inputs(target, conversation, answers, images).inputs
+    return conversation_inputs(target, conversation, answers, images, expand_images=expand_images).inputs
 
 
 def _render(target: Any, conversation: Conversation, texts: Sequence[str], turns: int,
-            images: Sequence[Image.Image]) -> tuple[TargetInputs, list[tuple[int, int]]]:
+            images: Sequence[Image.Image], expand_images: bool = True) -> tuple[TargetInputs, list[tuple[int, int]]]:
     """The first `turns` turns through the chat template with answers `texts`, and per answer (start, index of
     its end-of-turn token). build_inputs always ends with a generation prompt; callers cut it off."""
     def build(num_turns: int, num_answers: int) -> TargetInputs:
         messages = chat_messages(conversation, texts[:num_answers], num_turns)
-        return target.build_inputs(messages, images[: images_through(conversation, num_turns)])
+        return target.build_inputs(messages, images[: images_through(conversation, num_turns)],
+                                   expand_images=expand_images)
 
     render = build(turns, len(texts))
     ids = render.input_ids[0]

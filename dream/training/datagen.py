@@ -7,14 +7,11 @@ token and that layer's output, the low / middle / high layer states an EAGLE-3 d
 positions (text embeddings are recomputed from the ids at train time).
 
 Decisions:
-- Generation is batched: one HF `generate` over up to --batch-size prompts, left-padded, images
-  concatenated (prompts whose image tensors differ in shape go in separate calls). Measured on
-  smolvlm-135m (bf16, 2 shared cores, 8 prompts x 48 tokens): batch 8 gave 4.3x the tokens/s of batch 1,
-  and batch 1 ran at the engine's own AR speed. In fp32 the batched output equals the engine's greedy
-  output token for token (tested); in bf16 the two code paths round differently and may part at a
-  near-tie (seen after 4 tokens on one prompt): both are greedy decodes of the bf16 target.
-- Answers are kept as the generated token ids and spliced into the conversation in token space
-  (dream.training.data.conversation_inputs), never decoded and re-encoded.
+- Two engines regenerate the answers: `hf`, batched HF `generate` in this process
+  (dream.training.hf_answers), and `vllm`, continuous batching in a vLLM engine that runs first over every
+  pending shard and leaves its answers in OUT/answers/ (dream.serving.datagen). Either way answers are kept
+  as token ids and spliced into the conversation in token space (dream.training.data.conversation_inputs),
+  never decoded and re-encoded, and the features come from the same HF target, teacher-forced.
 - A missing or unreadable image, a conversation longer than the context, or a chat template that cannot
   be split into turns SKIPS the sample (large crawled datasets always hold a few broken files); skipped
   ids and reasons go to the manifest and their count is printed. A file that is not LLaVA format is fatal,
@@ -37,31 +34,32 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from PIL import Image
 from safetensors import safe_open
 from tqdm import tqdm
-from transformers import GenerationConfig
 
 from dream.training.data import (
-    PER_TOKEN_KWARGS,
-    Answer,
     Conversation,
     conversation_inputs,
     load_images,
     load_llava_json,
-    prompt_inputs,
 )
 from dream.training.distributed import init_distributed
 from dream.draft.config import LayerWindow
 from dream.training.entropy import gather_supervision, select_layers
+from dream.training.hf_answers import regenerate
 from dream.training.shards import FORMAT_VERSION, MANIFEST, MANIFEST_FORMAT, SHARD_TENSORS, ShardWriter, aux_layers
 from dream.settings import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DTYPES, resolve_dtype_name
 from dream.target import TargetAdapter, TargetInputs, load_target
 
-Prompt = tuple[Conversation, TargetInputs]
+ENGINES = ("hf", "vllm")
+ANSWERS_DIR = "answers"       # the vllm engine's answer files, one per shard (kept: small, and they resume a run)
+# Stage one of the vllm engine (dream.serving.datagen.write_vllm_answers): given the config, the loaded
+# target, the settings key and the shards' conversations, it writes every pending shard's answers file.
+AnswerStage = Callable[["DatagenConfig", TargetAdapter, str, list[list[Conversation]]], None]
 
 
 @dataclass(frozen=True)
@@ -79,6 +77,8 @@ class DatagenConfig:
     dtype: str = DEFAULT_DTYPE            # the target's compute dtype (what inference runs)
     storage_dtype: str = "bf16"           # features and embeddings on disk
     device: str = DEFAULT_DEVICE          # auto | cpu | cuda (this rank's GPU under torchrun)
+    engine: str = "hf"                    # what regenerates answers: hf (batched generate) | vllm
+    temperature: float = 0.0              # 0: greedy answers; > 0: sampled (vllm engine)
 
     def __post_init__(self) -> None:
         for name in ("shard_size", "batch_size", "max_new_tokens"):
@@ -86,6 +86,14 @@ class DatagenConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError(f"max_samples must be >= 1, got {self.max_samples}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.temperature > 0 and self.engine != "vllm":
+            raise ValueError("sampled answers (temperature > 0) need the vllm engine")
+        if self.keep_answers and self.engine != "hf":
+            raise ValueError("keep_answers regenerates nothing: the engine must stay hf")
         object.__setattr__(self, "dtype", resolve_dtype_name(self.dtype))     # auto -> this machine's choice
         for name in ("dtype", "storage_dtype"):
             if getattr(self, name) not in DTYPES:
@@ -95,7 +103,8 @@ class DatagenConfig:
         """What decides the shards' contents (batch size, paths and device do not)."""
         return {"keep_answers": self.keep_answers, "max_samples": self.max_samples, "shard_size": self.shard_size,
                 "max_new_tokens": self.max_new_tokens, "layer_window": self.layer_window.to_dict(),
-                "dtype": self.dtype, "storage_dtype": self.storage_dtype}
+                "dtype": self.dtype, "storage_dtype": self.storage_dtype, "engine": self.engine,
+                "temperature": self.temperature}
 
 
 def parse_layer_window(text: str) -> LayerWindow:
@@ -109,8 +118,9 @@ def parse_layer_window(text: str) -> LayerWindow:
         raise ValueError(f"--layer-window {text!r}: expected A:B, A:, :B or a single layer ({err})") from None
 
 
-def run_datagen(cfg: DatagenConfig) -> dict[str, Any] | None:
-    """Make (or finish) the shard directory; returns the manifest on rank 0, None on other ranks."""
+def run_datagen(cfg: DatagenConfig, answer_stage: AnswerStage | None = None) -> dict[str, Any] | None:
+    """Make (or finish) the shard directory; returns the manifest on rank 0, None on other ranks. The vllm
+    engine needs `answer_stage` (the command passes it: serving sits above training)."""
     conversations = load_llava_json(cfg.data)[: cfg.max_samples]
     out = Path(cfg.out)
     check_output_dir(out, "--out")
@@ -127,7 +137,11 @@ def run_datagen(cfg: DatagenConfig) -> dict[str, Any] | None:
         out.mkdir(parents=True, exist_ok=True)
         _check_existing(out, key)
         shards = [conversations[i: i + cfg.shard_size] for i in range(0, len(conversations), cfg.shard_size)]
-        todo = [k for k in range(ctx.rank, len(shards), ctx.world_size) if not (out / shard_name(k)).exists()]
+        if cfg.engine == "vllm":
+            if answer_stage is None or ctx.world_size > 1:
+                raise ValueError("the vllm engine runs in one process (vLLM uses every core) through `dream datagen`")
+            answer_stage(cfg, target, key, shards)
+        todo = [k for k in pending_shards(out, len(shards)) if k % ctx.world_size == ctx.rank]
         with tqdm(total=sum(len(shards[k]) for k in todo), desc=f"datagen rank {ctx.rank}", unit="sample",
                   position=ctx.rank, disable=None) as progress:
             for k in todo:
@@ -161,6 +175,14 @@ def shard_name(k: int) -> str:
     return f"shard-{k:05d}.safetensors"
 
 
+def answers_name(k: int) -> str:
+    return f"shard-{k:05d}.json"
+
+
+def pending_shards(out: Path, num_shards: int) -> list[int]:
+    return [k for k in range(num_shards) if not (out / shard_name(k)).exists()]
+
+
 def _settings_key(settings: dict, data_sha: str, fingerprint: dict) -> str:
     blob = json.dumps({"settings": settings, "data_sha256": data_sha, "target": fingerprint}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -181,6 +203,11 @@ def _make_shard(target: TargetAdapter, conversations: list[Conversation], path: 
     skipped: list[dict[str, Any]] = []
     written: list[str] = []
     unfinished = eos_appended = 0
+    made = _read_answers(path, key) if cfg.engine == "vllm" else None
+    if made is not None:
+        # The answer stage skipped unreadable images and over-long prompts; the images are read again below.
+        skipped = [s for s in made["skipped"] if s["reason"].startswith("turn ")]
+        unfinished = int(made["unfinished"])
     try:
         for i in range(0, len(conversations), cfg.batch_size):
             batch = conversations[i: i + cfg.batch_size]
@@ -188,13 +215,15 @@ def _make_shard(target: TargetAdapter, conversations: list[Conversation], path: 
             for conversation in batch:
                 images = load_images(conversation, cfg.image_folder)
                 if isinstance(images, str):
-                    skipped.append(_skip(conversation, images))
+                    skipped.append(skip_record(conversation, images))
                 else:
                     loaded.append((conversation, images))
             if cfg.keep_answers:
                 answers = {c.index: [turn.answer for turn in c.turns] for c, _ in loaded}
+            elif made is not None:
+                answers = {c.index: made["answers"][str(c.index)] for c, _ in loaded if str(c.index) in made["answers"]}
             else:
-                answers, count = _regenerate(target, loaded, cfg.max_new_tokens, skipped)
+                answers, count = regenerate(target, loaded, cfg.max_new_tokens, skipped, skip_record)
                 unfinished += count
             for conversation, images in loaded:
                 if conversation.index not in answers:
@@ -203,7 +232,7 @@ def _make_shard(target: TargetAdapter, conversations: list[Conversation], path: 
                     sample = conversation_inputs(target, conversation, answers[conversation.index], images)
                     tensors = _extract(target, sample.inputs, sample.loss_mask, cfg)
                 except Exception as err:   # one broken entry of a crawled dataset must not end the run
-                    skipped.append(_skip(conversation, str(err) if isinstance(err, ValueError)
+                    skipped.append(skip_record(conversation, str(err) if isinstance(err, ValueError)
                                          else f"{type(err).__name__}: {err}"))
                     continue
                 writer.add(tensors)
@@ -220,94 +249,19 @@ def _make_shard(target: TargetAdapter, conversations: list[Conversation], path: 
         raise
 
 
-def _skip(conversation: Conversation, reason: str) -> dict[str, Any]:
+def skip_record(conversation: Conversation, reason: str) -> dict[str, Any]:
     return {"index": conversation.index, "id": conversation.id, "reason": reason}
 
 
-# ---- self-distillation: batched greedy generation ------------------------------------------------------------
-def _regenerate(target: TargetAdapter, loaded: list[tuple[Conversation, list[Image.Image]]], max_new_tokens: int,
-                skipped: list[dict[str, Any]]) -> tuple[dict[int, list[Answer]], int]:
-    """The target's own greedy answers as token ids without the final EOS, turn by turn ({entry index:
-    answers}), and how many hit the token limit. Conversations that cannot be generated are added to
-    `skipped` and left out."""
-    answers: dict[int, list[Answer]] = {c.index: [] for c, _ in loaded}
-    unfinished = 0
-    for turn in range(max((len(c.turns) for c, _ in loaded), default=0)):
-        prompts: list[Prompt] = []
-        for conversation, images in loaded:
-            if conversation.index not in answers or len(conversation.turns) <= turn:
-                continue
-            try:
-                inputs = prompt_inputs(target, conversation, answers[conversation.index], images)
-                if inputs.input_ids.shape[1] + max_new_tokens > target.max_context:
-                    raise ValueError(f"turn {turn}: prompt of {inputs.input_ids.shape[1]} tokens + "
-                                     f"max_new_tokens exceeds the context of {target.max_context}")
-            except ValueError as err:
-                skipped.append(_skip(conversation, str(err)))
-                del answers[conversation.index]
-                continue
-            prompts.append((conversation, inputs))
-        for group in _compatible_groups(prompts):
-            generated = generate_batch(target, [inputs for _, inputs in group], max_new_tokens)
-            for (conversation, _), tokens in zip(group, generated):
-                finished = bool(tokens) and tokens[-1] in target.eos_token_ids
-                unfinished += not finished
-                answers[conversation.index].append(tokens[:-1] if finished else tokens)
-    return answers, unfinished
-
-
-def _compatible_groups(prompts: list[Prompt]) -> list[list[Prompt]]:
-    """Prompts whose image tensors can be concatenated (same shape past the first dim), in first-seen order;
-    e.g. images split into different numbers of tiles land in different groups."""
-    groups: dict[tuple, list] = {}
-    for item in prompts:
-        kwargs = item[1].model_kwargs
-        signature = tuple(sorted((k, tuple(v.shape[1:]), str(v.dtype)) for k, v in kwargs.items()
-                                 if torch.is_tensor(v) and k not in PER_TOKEN_KWARGS))
-        groups.setdefault(signature, []).append(item)
-    return list(groups.values())
-
-
-@torch.no_grad()
-def generate_batch(target: TargetAdapter, prompts: list[TargetInputs], max_new_tokens: int) -> list[list[int]]:
-    """Greedy continuations of several prompts in one left-padded HF generate; each list ends at the first
-    EOS (included), as the engine's greedy loop stops. Image tensors must be concatenable (see above)."""
-    eos = sorted(target.eos_token_ids)
-    pad = target.tokenizer.pad_token_id
-    pad = eos[0] if pad is None else pad
-    length = max(p.input_ids.shape[1] for p in prompts)
-    input_ids = torch.full((len(prompts), length), pad, dtype=torch.long)
-    attention_mask = torch.zeros(len(prompts), length, dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        n = prompt.input_ids.shape[1]
-        input_ids[row, length - n:] = prompt.input_ids[0]
-        attention_mask[row, length - n:] = 1
-    kwargs: dict[str, Any] = {}
-    for key, value in prompts[0].model_kwargs.items():
-        values = [p.model_kwargs[key] for p in prompts]
-        if key in PER_TOKEN_KWARGS:
-            kwargs[key] = torch.stack([torch.nn.functional.pad(v[0], (length - v.shape[1], 0)) for v in values])
-        else:
-            kwargs[key] = torch.cat(values) if torch.is_tensor(value) else value
-    device = target.model.device
-    kwargs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in kwargs.items()}
-    greedy = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                              pad_token_id=pad)
-    model = target.model
-    saved = model.generation_config
-    # generate() fills every field left unset from the checkpoint's generation config (repetition penalty,
-    # sampling, ...); an empty one makes this plain greedy decoding, what the engine verifies against.
-    model.generation_config = GenerationConfig()
-    try:
-        output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                generation_config=greedy, **kwargs)
-    finally:
-        model.generation_config = saved
-    results = []
-    for row in output[:, length:].tolist():
-        stop = next((i for i, token in enumerate(row) if token in target.eos_token_ids), len(row) - 1)
-        results.append(row[: stop + 1])
-    return results
+def _read_answers(shard: Path, key: str) -> dict[str, Any]:
+    """The vllm engine's answers for one shard (written by its stage one under the same settings)."""
+    file = shard.parent / ANSWERS_DIR / answers_name(int(shard.stem.split("-")[1]))
+    if not file.exists():
+        raise ValueError(f"{file} is missing: the vllm engine's answer stage did not run for this shard")
+    made = json.loads(file.read_text())
+    if made.get("settings_key") != key:
+        raise ValueError(f"{file} was made with other settings, data or target: remove {file.parent}")
+    return made
 
 
 # ---- teacher-forced extraction ------------------------------------------------------------------------------

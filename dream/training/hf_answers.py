@@ -1,0 +1,110 @@
+"""`dream datagen --engine hf`: the target regenerates the answers with batched HF `generate` (greedy).
+
+Decisions:
+- One HF `generate` over up to --batch-size prompts, left-padded, images concatenated (prompts whose image
+  tensors differ in shape go in separate calls). Measured on smolvlm-135m (bf16, 2 shared cores, 8 prompts x
+  48 tokens): batch 8 gave 4.3x the tokens/s of batch 1, and batch 1 ran at the engine's own AR speed. In
+  fp32 the batched output equals the engine's greedy output token for token (tested); in bf16 the two code
+  paths round differently and may part at a near-tie: both are greedy decodes of the bf16 target.
+- Answers are kept as the generated token ids and spliced into the conversation in token space
+  (dream.training.data.conversation_inputs), never decoded and re-encoded.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+from transformers import GenerationConfig
+
+from dream.target import TargetAdapter, TargetInputs
+from dream.training.data import PER_TOKEN_KWARGS, Answer, Conversation, prompt_inputs
+
+Prompt = tuple[Conversation, TargetInputs]
+Skip = Callable[[Conversation, str], dict[str, Any]]
+
+
+def regenerate(target: TargetAdapter, loaded: list[tuple[Conversation, list[Image.Image]]], max_new_tokens: int,
+               skipped: list[dict[str, Any]], skip: Skip) -> tuple[dict[int, list[Answer]], int]:
+    """The target's own greedy answers as token ids without the final EOS, turn by turn ({entry index:
+    answers}), and how many hit the token limit. Conversations that cannot be generated are added to
+    `skipped` and left out."""
+    answers: dict[int, list[Answer]] = {c.index: [] for c, _ in loaded}
+    unfinished = 0
+    for turn in range(max((len(c.turns) for c, _ in loaded), default=0)):
+        prompts: list[Prompt] = []
+        for conversation, images in loaded:
+            if conversation.index not in answers or len(conversation.turns) <= turn:
+                continue
+            try:
+                inputs = prompt_inputs(target, conversation, answers[conversation.index], images)
+                if inputs.input_ids.shape[1] + max_new_tokens > target.max_context:
+                    raise ValueError(f"turn {turn}: prompt of {inputs.input_ids.shape[1]} tokens + "
+                                     f"max_new_tokens exceeds the context of {target.max_context}")
+            except ValueError as err:
+                skipped.append(skip(conversation, str(err)))
+                del answers[conversation.index]
+                continue
+            prompts.append((conversation, inputs))
+        for group in _compatible_groups(prompts):
+            generated = generate_batch(target, [inputs for _, inputs in group], max_new_tokens)
+            for (conversation, _), tokens in zip(group, generated):
+                finished = bool(tokens) and tokens[-1] in target.eos_token_ids
+                unfinished += not finished
+                answers[conversation.index].append(tokens[:-1] if finished else tokens)
+    return answers, unfinished
+
+
+def _compatible_groups(prompts: list[Prompt]) -> list[list[Prompt]]:
+    """Prompts whose image tensors can be concatenated (same shape past the first dim), in first-seen order;
+    e.g. images split into different numbers of tiles land in different groups."""
+    groups: dict[tuple, list] = {}
+    for item in prompts:
+        kwargs = item[1].model_kwargs
+        signature = tuple(sorted((k, tuple(v.shape[1:]), str(v.dtype)) for k, v in kwargs.items()
+                                 if torch.is_tensor(v) and k not in PER_TOKEN_KWARGS))
+        groups.setdefault(signature, []).append(item)
+    return list(groups.values())
+
+
+@torch.no_grad()
+def generate_batch(target: TargetAdapter, prompts: list[TargetInputs], max_new_tokens: int) -> list[list[int]]:
+    """Greedy continuations of several prompts in one left-padded HF generate; each list ends at the first
+    EOS (included), as the engine's greedy loop stops. Image tensors must be concatenable (see above)."""
+    eos = sorted(target.eos_token_ids)
+    pad = target.tokenizer.pad_token_id
+    pad = eos[0] if pad is None else pad
+    length = max(p.input_ids.shape[1] for p in prompts)
+    input_ids = torch.full((len(prompts), length), pad, dtype=torch.long)
+    attention_mask = torch.zeros(len(prompts), length, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        n = prompt.input_ids.shape[1]
+        input_ids[row, length - n:] = prompt.input_ids[0]
+        attention_mask[row, length - n:] = 1
+    kwargs: dict[str, Any] = {}
+    for key, value in prompts[0].model_kwargs.items():
+        values = [p.model_kwargs[key] for p in prompts]
+        if key in PER_TOKEN_KWARGS:
+            kwargs[key] = torch.stack([torch.nn.functional.pad(v[0], (length - v.shape[1], 0)) for v in values])
+        else:
+            kwargs[key] = torch.cat(values) if torch.is_tensor(value) else value
+    device = target.model.device
+    kwargs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in kwargs.items()}
+    greedy = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                              pad_token_id=pad)
+    model = target.model
+    saved = model.generation_config
+    # generate() fills every field left unset from the checkpoint's generation config (repetition penalty,
+    # sampling, ...); an empty one makes this plain greedy decoding, what the engine verifies against.
+    model.generation_config = GenerationConfig()
+    try:
+        output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                generation_config=greedy, **kwargs)
+    finally:
+        model.generation_config = saved
+    results = []
+    for row in output[:, length:].tolist():
+        stop = next((i for i, token in enumerate(row) if token in target.eos_token_ids), len(row) - 1)
+        results.append(row[: stop + 1])
+    return results
