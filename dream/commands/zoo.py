@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data_parser.add_argument("--out", type=Path, required=True)
     data_parser.add_argument("--samples", type=int, default=2000, help="conversations")
     data_parser.add_argument("--seed", type=int, default=0)
+    data_parser.add_argument("--mix", choices=["standard", "wide"], default="standard",
+                             help="what the conversations are made of (dream.zoo.draft_data.MIXES)")
     train_parser = sub.add_parser("train-vision", help="train (or export) the smolvlm-135m vision side, "
                                                        "see dream.zoo.train_vision")
     train_parser.add_argument("--export", metavar="CKPT", help="export a checkpoint to the assets folder and exit")
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.action == "draft-data":
         from dream.zoo.draft_data import make_dataset
 
-        print(make_dataset(args.out, args.samples, args.seed))
+        print(make_dataset(args.out, args.samples, args.seed, args.mix))
     elif args.export:
         from dream.zoo.export import export
 
