@@ -1,0 +1,207 @@
+"""Batch-invariant attention: a query gets the same bits whatever other queries and padded keys share the call.
+
+Why (docs/exactness.md, "Where a verify's time goes"): the exact verify must give every tree node the bits a
+one-token decoding step gives it. With sdpa that takes one CPU flash-attention call per depth, and that kernel
+works through each (batch row, head) on its own: about 60 us per node and layer at 110 keys on a 2-core
+AVX-512-BF16 EPYC, so a 16-node verify spent 1.8 ms a layer on attention where a decoding step spends 0.08.
+
+So under the batch-invariant mode a decoding step attends through ops whose result for one row does not depend
+on the rows beside it, and a tree verify runs all its nodes through the same ops in ONE call:
+  - scores q.k in fp32 (bf16 inputs upcast: exact products, fp32 sums, as the flash kernel keeps them), one
+    bmm over (kv head, node) with the query heads of a kv head as its rows (GQA without copying keys);
+  - softmax in fp32 over the node's keys, in decode order; keys that pad a row are masked (exp(-inf) = 0);
+  - the probabilities cast to the value dtype (as eager attention does), times the values in one bmm.
+Every call's key count is padded to a multiple of a block (zeros in a step, repeats in a tree; masked): the
+fp32 bmm gives a score the same bits in every call whose key count is such a multiple, but rounds the keys
+of a partial block differently for each count (seen at 16 on the EPYC), and the scores' low bits reach the
+output only now and then, through bf16 rounding, so only a block makes it exact rather than mostly so.
+A tree node's keys are gathered into the order a plain decode would have cached them: prefix, ancestors by
+depth, itself (`tree_keys`, once per verify). The whole model then sees the same numerics in generate()
+(the mode switches the model's attention, dream.target.invariance), in a one-node verify and in a tree.
+
+Which block makes those ops batch-invariant (bmm kernels choose by shape, softmax vectorises over the row) is
+a property of the machine: `probe_attention` finds it on random data at the model's head shapes, comparing
+scores and outputs bit for bit, and the mode uses this attention only where a block passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .probe_cache import cached_probe, probe_key
+
+BLOCKS = (1, 2, 4, 8, 16, 32, 64)  # candidates for the key-count multiple every call is padded to
+# Probed prefix lengths: block edges of 16 / 64 / 512-wide kernels and the lengths between (prompts up to ~2k).
+PROBE_PREFIXES = (1, 2, 7, 15, 16, 17, 31, 33, 63, 64, 65, 100, 111, 127, 128, 129, 200, 255, 256, 257, 300,
+                  511, 512, 513, 777, 1023, 1024, 1025, 1500, 2047)
+PROBE_NODES = (2, 3, 5, 8, 13, 16, 32)  # tree sizes, cycled over the prefixes
+PROBE_DEPTH = 15  # nodes' lengths spread over prefix + 1 .. prefix + PROBE_DEPTH + 1
+PROBE_OUTPUTS = 1 << 13  # at least this many outputs compared per prefix (more calls for small heads)
+
+# (query [H_kv, B, G, D], key / value [H_kv, B, W, D], mask [1, B, 1, W] or None): one call's inputs
+Inputs = tuple[Tensor, Tensor, Tensor, Tensor | None]
+
+
+def padded(length: int, block: int) -> int:
+    """The key count a call over `length` keys runs with: the next multiple of `block`."""
+    return -(-length // block) * block
+
+
+def _attend(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scaling: float,
+            softcap: float | None) -> tuple[Tensor, Tensor]:
+    """(output [H_kv, B, G, D] in value's dtype, scores [H_kv, B, G, W] fp32). mask: True = attend (bool) or
+    added to the scores (float). Every tensor is brought to one layout first: bmm's kernels depend on strides."""
+    kv_heads, rows, groups, dim = query.shape
+    width = key.shape[2]
+    q = _float32(query).view(kv_heads * rows, groups, dim)
+    k = _float32(key).view(kv_heads * rows, width, dim)
+    scores = torch.bmm(q, k.transpose(1, 2)).view(kv_heads, rows, groups, width).mul_(scaling)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if mask is not None:
+        scores = scores.masked_fill_(~mask, float("-inf")) if mask.dtype == torch.bool else scores.add_(mask)
+    probs = torch.softmax(scores, dim=-1).to(value.dtype).view(kv_heads * rows, groups, width)
+    out = torch.bmm(probs, value.contiguous().view(kv_heads * rows, width, dim))
+    return out.view(kv_heads, rows, groups, dim), scores
+
+
+def _float32(tensor: Tensor) -> Tensor:
+    """A contiguous fp32 copy in one pass (`to` keeps an fp32 tensor's strides, and a bf16 one's by default)."""
+    if tensor.dtype == torch.float32:
+        return tensor.contiguous()
+    return tensor.to(torch.float32, memory_format=torch.contiguous_format)
+
+
+def _decode_inputs(query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                   block: int) -> Inputs:
+    """A step's query [B, H, 1, D] over the cache's key / value [B, H_kv, L, D], the keys padded (zeros,
+    masked) to a multiple of `block`: the kernels give a score the same bits in every call whose key count
+    is such a multiple, whatever it is (the probe checks), while a partial block rounds differently."""
+    batch, heads, _, dim = query.shape
+    kv_heads, length = key.shape[1], key.shape[2]
+    width = padded(length, block)
+    q = query[:, :, 0].reshape(batch, kv_heads, heads // kv_heads, dim).transpose(0, 1)  # [H_kv, B, G, D]
+    k, v = key.transpose(0, 1), value.transpose(0, 1)  # [H_kv, B, L, D]: views for B = 1
+    mask = None if attention_mask is None else attention_mask[:, :, -1:].transpose(0, 1)  # [1, B, 1, L]
+    if width == length:
+        return q, k, v, mask
+    k, v = (nn.functional.pad(t, (0, 0, 0, width - length)) for t in (k, v))
+    own = torch.arange(width, device=key.device) < length  # [W]
+    if mask is None:
+        return q, k, v, own.view(1, 1, 1, width)
+    if mask.dtype == torch.bool:
+        return q, k, v, nn.functional.pad(mask, (0, width - length), value=False)
+    return q, k, v, nn.functional.pad(mask, (0, width - length), value=float("-inf"))
+
+
+def decode_attention(query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None, scaling: float,
+                     softcap: float | None = None, block: int = 1) -> Tensor:
+    """A one-token decoding step: query [B, H, 1, D]; key / value [B, H_kv, L, D] (the cache); attention_mask
+    None or [B, 1, 1, L] from the stock mask builder. Returns [B, 1, H, D], like transformers' attention."""
+    batch, heads, _, dim = query.shape
+    out, _ = _attend(*_decode_inputs(query, key, value, attention_mask, block), scaling, softcap)
+    return out.transpose(0, 1).reshape(batch, 1, heads, dim)
+
+
+@dataclass(frozen=True)
+class TreeKeys:
+    """Where each tree node's keys sit in the cache, in the order a plain decode would have cached them."""
+
+    index: Tensor  # [N * W] long, row-major [N, W]: cache entries of node i, then repeats of its last (padding)
+    mask: Tensor | None  # [1, N, 1, W] bool, True on a node's own keys; None: every row is full
+    width: int  # W: the longest node's key count, padded to a multiple of the block
+
+
+def tree_keys(prefix_len: int, depths: Tensor, ancestors: Tensor, window: int | None = None,
+              block: int = 1) -> TreeKeys:
+    """depths [N] long; ancestors [N, N] bool, parents before children (so a node's ancestors in index order
+    are in depth order). A node at depth d sees what its decoding step would: the prefix, its d ancestors and
+    itself, of which only the last `window` once that many exist (one_step_window, a sliding layer)."""
+    n, device = depths.numel(), depths.device
+    lengths = prefix_len + depths + 1  # [N] keys of each node's decoding step
+    starts = (lengths - window).clamp(min=0) if window is not None else torch.zeros_like(lengths)
+    kept = lengths - starts  # [N]
+    width = padded(int(kept.max()), block)
+    step = starts[:, None] + torch.arange(width, device=device)[None]  # [N, W] position in decode order
+    step = torch.minimum(step, lengths[:, None] - 1)  # padding repeats the node's last key (masked below)
+    nodes = torch.arange(n, device=device)
+    path = torch.where(ancestors, nodes, n).sort(dim=1).values  # [N, N]: ancestors ascending, then n
+    along = (step - prefix_len).clamp(0, n - 1)  # depth along the node's path
+    index = torch.where(step < prefix_len, step, prefix_len + path.gather(1, along))
+    mask = None
+    if bool((kept < width).any()):
+        mask = (torch.arange(width, device=device)[None] < kept[:, None]).view(1, n, 1, width)
+    return TreeKeys(index.flatten(), mask, width)
+
+
+def _tree_inputs(query: Tensor, key: Tensor, value: Tensor, keys: TreeKeys) -> Inputs:
+    _, heads, n, dim = query.shape
+    kv_heads = key.shape[1]
+    q = query[0].reshape(kv_heads, heads // kv_heads, n, dim).transpose(1, 2)  # [H_kv, N, G, D]
+    k = key[0].index_select(1, keys.index).view(kv_heads, n, keys.width, dim)
+    v = value[0].index_select(1, keys.index).view(kv_heads, n, keys.width, dim)
+    return q, k, v, keys.mask
+
+
+def tree_attention(query: Tensor, key: Tensor, value: Tensor, keys: TreeKeys, scaling: float,
+                   softcap: float | None = None) -> Tensor:
+    """All N tree nodes in one call. query [1, H, N, D]; key / value [1, H_kv, P + N, D] (the cache after this
+    step's update). Returns [1, N, H, D]."""
+    _, heads, n, dim = query.shape
+    out, _ = _attend(*_tree_inputs(query, key, value, keys), scaling, softcap)  # [H_kv, N, G, D]
+    return out.transpose(0, 1).reshape(1, n, heads, dim)
+
+
+# ---- the probe --------------------------------------------------------------------------------------------------
+def attention_block(heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
+                    device: torch.device | str = "cpu") -> int | None:
+    """probe_attention, once per machine and head shape ($DREAM_CACHE/invariance.json)."""
+    device = torch.device(device)
+    key = probe_key("attention block", device.type, dtype, heads, kv_heads, head_dim)
+    return cached_probe(key, lambda: probe_attention(heads, kv_heads, head_dim, dtype, device))
+
+
+@torch.no_grad()
+def probe_attention(heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str = "cpu",
+                    blocks: tuple[int, ...] = BLOCKS) -> int | None:
+    """The smallest block (key counts padded to a multiple of it) for which every node of a batched call (keys
+    gathered from a cache, rows padded to the longest node and masked) gets the scores and the output, bit for
+    bit, of the node's own decoding step over its keys alone, for every probed prefix length and tree size;
+    None: no candidate. Random keys and values; a node's keys are random cache entries. The fp32 scores are
+    compared too: a difference there reaches the output only now and then, through bf16 rounding."""
+    return next((block for block in blocks if _block_is_invariant(heads, kv_heads, head_dim, dtype, device, block)),
+                None)
+
+
+def _block_is_invariant(heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str,
+                        block: int) -> bool:
+    generator = torch.Generator().manual_seed(0)
+
+    def randn(*shape: int, scale: float = 1.0) -> Tensor:
+        return (torch.randn(*shape, generator=generator) * scale).to(device=device, dtype=dtype)
+
+    scaling = head_dim ** -0.5
+    for i, prefix in enumerate(PROBE_PREFIXES):
+        n = PROBE_NODES[i % len(PROBE_NODES)]
+        for _ in range(-(-PROBE_OUTPUTS // (n * heads * head_dim))):
+            size = prefix + n
+            key, value = randn(1, kv_heads, size, head_dim, scale=2.0), randn(1, kv_heads, size, head_dim)
+            query = randn(1, heads, n, head_dim, scale=2.0)
+            lengths = prefix + 1 + torch.randint(0, PROBE_DEPTH + 1, (n,), generator=generator)
+            width = padded(int(lengths.max()), block)
+            index = torch.randint(0, size, (n, width), generator=generator).to(device)
+            mask = (torch.arange(width)[None] < lengths[:, None]).to(device).view(1, n, 1, width)
+            keys = TreeKeys(index.flatten(), mask, width)
+            out, scores = _attend(*_tree_inputs(query, key, value, keys), scaling, None)
+            for node in range(n):
+                length = int(lengths[node])
+                own = index[node, :length]
+                alone = _decode_inputs(query[:, :, node : node + 1], key[:, :, own], value[:, :, own], None, block)
+                out_alone, scores_alone = _attend(*alone, scaling, None)
+                if not (torch.equal(scores[:, node, :, :length], scores_alone[:, 0, :, :length])
+                        and torch.equal(out[:, node], out_alone[:, 0])):
+                    return False
+    return True
