@@ -1,12 +1,17 @@
-"""The "dream" attention implementation: transformers' sdpa, the tree verify, and statistics.
+"""The "dream" attention implementations: transformers' sdpa, the tree verify, and statistics.
 
-One dispatch. A tree verify runs inside `tree_verify(layout, mode)`, which sets the one `ActiveVerify` that
-both the attention function and the mask builder read (`VerifyMode`, docs/exactness.md):
-- "exact": the mask builder builds nothing and every tree node attends per depth group over exactly its
-  visible keys, as a one-token decoding step would (exact.py); equal to generate() bit for bit, bf16 too;
+Registered names, one dispatch:
+- "dream": a decoding step is transformers' own sdpa (the CPU flash kernel);
+- "dream_invariant_<block>": a decoding step is the batch-invariant attention (invariant_attention.py) with
+  key counts padded to a multiple of <block>, which a tree verify can run for all its nodes at once. The
+  batch-invariant mode switches a model to it (dream.target.invariance) with the block its probe found.
+Prefills are sdpa under every name. A tree verify runs inside `tree_verify(layout, mode)`, which sets the one
+`ActiveVerify` that both the attention function and the mask builder read (`VerifyMode`, docs/exactness.md):
+- "exact": the mask builder builds nothing and every tree node attends over exactly its visible keys, as its
+  one-token decoding step would: under "dream_invariant_<block>" all nodes in one call, under "dream" one
+  sdpa call per depth group (exact.py); equal to generate() bit for bit, bf16 too;
 - "masked": one sdpa call over prefix + tree with the tree mask (masks.py); equal to a plain forward only up
   to rounding. Kept as the documented negative control (tests) and for comparisons (scripts/bench_exact.py).
-Outside a verify, both are transformers' own sdpa attention and `sdpa_mask`.
 
 Attention statistics need the softmax weights, which sdpa never materialises, and holding every layer's
 [H, S, S] map at once (output_attentions) costs L times the memory of one. During a recorded prefill, the
@@ -21,6 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal, get_args
 
 import torch
@@ -29,10 +35,12 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 
-from .exact import DepthGroup, depth_groups, exact_tree_attention
+from .exact import DepthGroup, depth_groups, exact_tree_attention, one_step_window
+from .invariant_attention import TreeKeys, decode_attention, tree_attention, tree_keys
 from .masks import TreeLayout, tree_mask
 
 ATTENTION_NAME = "dream"
+INVARIANT_ATTENTION_NAME = "dream_invariant"  # + "_<block>": decoding steps through the batch-invariant attention
 
 VerifyMode = Literal["exact", "masked"]
 VERIFY_MODES: tuple[VerifyMode, ...] = get_args(VerifyMode)
@@ -48,10 +56,18 @@ class ActiveVerify:
     layout: TreeLayout  # where the tree nodes sit after the committed prefix
     groups: tuple[DepthGroup, ...] | None  # "exact": the nodes per depth; None: "masked"
     observe: AttentionObserver | None = None  # sees every layer's attention inputs (dream.target.diagnose)
+    _keys: dict[tuple, TreeKeys] = field(default_factory=dict, compare=False)  # per (sliding window, block)
 
     @property
     def mode(self) -> VerifyMode:
         return "masked" if self.groups is None else "exact"
+
+    def tree_keys(self, window: int | None, block: int) -> TreeKeys:
+        """The batched exact path's gather plan, built once per verify (and sliding window), not per layer."""
+        if (window, block) not in self._keys:
+            layout = self.layout
+            self._keys[window, block] = tree_keys(layout.prefix_len, layout.depths, layout.ancestors, window, block)
+        return self._keys[window, block]
 
 
 _ACTIVE_VERIFY: ContextVar[ActiveVerify | None] = ContextVar("dream_active_verify", default=None)
@@ -136,22 +152,47 @@ def eager_weights(
     return torch.softmax(scores, dim=-1, dtype=torch.float32)
 
 
-def dream_attention(
-    module: torch.nn.Module,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    attention_mask: Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    **kwargs,
-) -> tuple[Tensor, Tensor | None]:
+def dream_attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                    attention_mask: Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                    **kwargs) -> tuple[Tensor, Tensor | None]:
+    """"dream": decoding steps through sdpa."""
+    return _attend(module, query, key, value, attention_mask, None, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def invariant_attention_name(block: int) -> str:
+    """The registered name of the batch-invariant attention at `block` (registered here, idempotent)."""
+    name = f"{INVARIANT_ATTENTION_NAME}_{block}"
+    AttentionInterface.register(name, partial(_attend_invariant, block=block))
+    AttentionMaskInterface.register(name, dream_mask)
+    return name
+
+
+def _attend_invariant(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                      attention_mask: Tensor | None, dropout: float = 0.0, scaling: float | None = None, *,
+                      block: int, **kwargs) -> tuple[Tensor, Tensor | None]:
+    return _attend(module, query, key, value, attention_mask, block, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def _attend(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+            block: int | None, dropout: float = 0.0, scaling: float | None = None, **kwargs
+            ) -> tuple[Tensor, Tensor | None]:
+    """block: None, decoding steps and exact verifies through sdpa; else the batch-invariant attention."""
     active = _ACTIVE_VERIFY.get()
     if active is not None and active.observe is not None:
         active.observe(module, query, key, value, {"dropout": dropout, "scaling": scaling, **kwargs})
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     if active is not None and active.groups is not None:
+        if block is not None:
+            keys = active.tree_keys(kwargs.get("sliding_window"), block)
+            return tree_attention(query, key, value, keys, scale, kwargs.get("softcap")), None
         return exact_tree_attention(module, query, key, value, active.groups, dropout=dropout, scaling=scaling,
                                     **kwargs)
+    if block is not None and active is None and query.shape[2] == 1:
+        window = one_step_window(key.shape[2], kwargs.get("sliding_window"))
+        if window is not None and window < key.shape[2]:  # a full-length cache (TargetCache): the window's keys
+            key, value = key[:, :, -window:], value[:, :, -window:]
+            attention_mask = None if attention_mask is None else attention_mask[..., -window:]
+        return decode_attention(query, key, value, attention_mask, scale, kwargs.get("softcap"), block), None
     output = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                     **kwargs)
     recorder = _RECORDER.get()

@@ -24,10 +24,12 @@ from .adapter import TargetAdapter
 from .attention import eager_weights
 from .exact import DepthGroup, exact_tree_attention, one_step_window
 from .inputs import TargetInputs
+from .invariant_attention import TreeKeys, decode_attention, padded, tree_attention
 
 ROW_COUNTS = (2, 5, 12, 17, 33, 64)  # rows fed with the probed row: tree sizes, up to the invariance probe's
 EXTRA = 11  # masked extra keys / extra queries in the masked-verify variant (a 12-node tree)
 SHORTER = range(0, 16, 2)  # the step's query is also probed over its first L - j keys: kernels vary with L
+PAD = 7  # masked keys padding the step's row in the batch-invariant tree call (a deeper node's length)
 
 
 @dataclass(frozen=True)
@@ -109,10 +111,11 @@ def attention_findings(target: TargetAdapter, inputs: TargetInputs) -> list[Find
     """Per variant, the layers whose output for the step's query differs from the one-token call (at any of
     the key counts L - j, j in SHORTER)."""
     variants: dict[str, list[tuple[float, int]]] = {}
+    block = target.invariance.attention_block or 1
     for layer, (module, query, key, value, kwargs) in enumerate(_capture_decode_step(target, inputs)):
         for keep in [key.shape[2] - j for j in SHORTER if j < key.shape[2]]:
             k, v = key[:, :, :keep], value[:, :, :keep]
-            for name, diff in _attention_variants(module, query, k, v, kwargs).items():
+            for name, diff in _attention_variants(module, query, k, v, kwargs, block).items():
                 variants.setdefault(name, []).append((diff, layer))
     return [worst_finding("attention", name, worst, "layers") for name, worst in variants.items()]
 
@@ -131,7 +134,8 @@ def _capture_decode_step(target: TargetAdapter, inputs: TargetInputs) -> list[tu
     return captured
 
 
-def _attention_variants(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, kwargs: dict) -> dict:
+def _attention_variants(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, kwargs: dict,
+                        block: int) -> dict:
     length = key.shape[2]
     one_step = (DepthGroup(torch.zeros(1, dtype=torch.long), None, length),)
     reference = exact_tree_attention(module, query, key, value, one_step, **kwargs)[0][0, 0]  # [H, D]
@@ -145,13 +149,15 @@ def _attention_variants(module: nn.Module, query: Tensor, key: Tensor, value: Te
             _sdpa(module, query, k, v, torch.ones(1, 1, 1, visible, dtype=torch.bool), kwargs),
         f"+{EXTRA} masked keys and {EXTRA} more queries (masked tree verify)":
             _masked_tree(module, query, k, v, kwargs, generator),
-        "batched with 4 other single-query rows (exact path, one depth)":
+        "batched with 4 other single-query rows (exact path, sdpa, one depth)":
             _batched(module, query, k, v, kwargs, generator),
-        "keys gathered into a strided view (exact path)":
+        "keys gathered into a strided view (exact path, sdpa)":
             exact_tree_attention(module, query, key, value, gathered, **kwargs)[0][0, 0],
         "eager, fp32 softmax": _eager(query, k, v, None, kwargs),
     }
     diffs = {name: max_diff(result, reference) for name, result in out.items()}
+    diffs[f"batch-invariant: with 4 other nodes, keys gathered, +{PAD} masked (exact path, batch-invariant)"] = \
+        _invariant_tree(query, k, v, kwargs, generator, block)
     extra_mask = torch.cat([torch.ones(visible, dtype=torch.bool), torch.zeros(EXTRA, dtype=torch.bool)])
     k_extra, v_extra = (torch.cat([t, t[:, :, -1:].expand(-1, -1, EXTRA, -1)], 2) for t in (k, v))
     diffs["eager: +masked keys vs eager"] = max_diff(_eager(query, k_extra, v_extra, extra_mask, kwargs),
@@ -184,6 +190,28 @@ def _batched(module, query, key, value, kwargs, generator) -> Tensor:
     mask = None if kept is None else torch.ones(1, 1, 1, kept, dtype=torch.bool)
     batch = [torch.cat([t, noise(t)]) for t in (query, key, value)]
     return sdpa_attention_forward(module, *batch, mask, **kwargs)[0][0, 0]
+
+
+def _invariant_tree(query: Tensor, key: Tensor, value: Tensor, kwargs: dict, generator: torch.Generator,
+                    block: int) -> float:
+    """The batch-invariant attention's tree call against its decoding step: the step's query as node 0 of 5,
+    its keys gathered from a cache with 16 more entries, its row padded by PAD masked keys (and the block)."""
+    scale = query.shape[-1] ** -0.5 if kwargs.get("scaling") is None else kwargs["scaling"]
+    alone = decode_attention(query, key, value, None, scale, kwargs.get("softcap"), block)[0, 0]  # [H, D]
+    length, n = key.shape[2], 5
+    extra = torch.randn(*key.shape[:2], 16, key.shape[3], generator=generator).to(key)
+    keys, values = torch.cat([key, extra], 2), torch.cat([value, extra.flip(2)], 2)
+    others = torch.randn(1, query.shape[1], n - 1, query.shape[3], generator=generator).to(query)
+    queries = torch.cat([query, others], 2)
+    width = padded(length + PAD, block)
+    own = torch.arange(length)
+    rows = [torch.cat([own, own[-1:].expand(width - length)])]
+    rows += [torch.randint(0, length + 16, (width,), generator=generator) for _ in range(n - 1)]
+    mask = torch.ones(1, n, 1, width, dtype=torch.bool)
+    mask[0, 0, 0, length:] = False
+    plan = TreeKeys(torch.stack(rows).flatten().to(key.device), mask.to(key.device), width)
+    batched = tree_attention(queries, keys, values, plan, scale, kwargs.get("softcap"))[0, 0]
+    return max_diff(batched, alone)
 
 
 def _eager(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, kwargs: dict) -> Tensor:

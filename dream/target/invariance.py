@@ -1,4 +1,4 @@
-"""Batch-invariant linear layers: a row gets the same bits whatever other rows come with it.
+"""The batch-invariant mode: a row gets the same bits whatever other rows come with it.
 
 Why: a greedy tree verify equals plain decoding only if every operation gives a tree node's row the result a
 one-token decoding step gives it. CPU GEMM libraries pick their kernel by the number of rows M, and the
@@ -17,31 +17,37 @@ reference generate() of the bench (`hf`) runs under the same numerics.
 Row counts above max(PROBE_ROWS) are not probed: only prompt prefills reach them, and every method's
 prefill is the same call. The probe runs once per shape and the model's device, under the current thread
 count.
+
+Attention: the mode also switches the language model's decoding steps to the batch-invariant attention
+(dream.target.invariant_attention), with key counts padded to the block its probe found at the model's
+head shapes, so that an exact tree verify can run all its nodes in one attention call per layer. Prefills
+stay sdpa. Where the probe fails (or the model runs neither sdpa nor "dream"), decoding keeps sdpa and the
+exact verify its per-depth sdpa calls.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel
 
-from dream.settings import cache_root, cpu_kind
+from .attention import ATTENTION_NAME, invariant_attention_name, register_dream_attention
+from .invariant_attention import attention_block
+from .probe_cache import cached_probe, probe_key
 
 POLICIES = ("auto", "on", "off")
 DEFAULT_MAX_COST = 0.05  # "auto" pads where that makes a decoding step at most 5 % slower
 PAD_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
 PROBE_ROWS = (*range(1, 21), 24, 32, 48, 64)  # a decoding step and tree verifies
 PROBE_OUTPUTS = 1 << 18  # outputs compared per row count
+# Decoding steps the batch-invariant attention may replace; another attention (eager, a kernel) is left alone.
+SWITCHABLE_ATTENTION = ("sdpa", ATTENTION_NAME)
 
 
 @dataclass(frozen=True)
@@ -61,8 +67,11 @@ class InvarianceReport:
     policy: str  # "auto" | "on" | "off", as asked
     enabled: bool  # the hooks are in place
     shapes: tuple[LinearShape, ...] = ()
-    cost: float | None = None  # extra time of a plain decoding step with the padding, a fraction (timed at load)
+    cost: float | None = None  # extra time of a plain decoding step under the mode, a fraction (timed at load)
     threads: int | None = None  # the intra-op thread count the probe ran under (kernels depend on it)
+    attention_probed: bool = False  # the batch-invariant attention was probed (the model ran sdpa or "dream")
+    attention_block: int | None = None  # its key-count block where it passed (decoding steps and exact
+    #   verifies use it while the mode is on); None: failed or not probed, sdpa kept
 
     @property
     def invariant(self) -> bool:
@@ -79,8 +88,15 @@ class InvarianceReport:
         parts = [f"{s.out_features}x{s.in_features}{'+bias' if s.bias else ''}: "
                  + ("as is" if s.pad_rows == 1 else f"pad to {s.pad_rows}" if s.pad_rows else "NOT invariant")
                  for s in self.shapes]
-        return (f"batch-invariant mode {state}, {self.shapes[0].dtype}, {self.threads} threads, padding costs "
-                f"~{self.cost:.0%} of a decoding step; " + "; ".join(parts))
+        return (f"batch-invariant mode {state}, {self.shapes[0].dtype}, {self.threads} threads, it costs "
+                f"~{self.cost:.0%} of a decoding step; attention: {self.attention_summary()}; " + "; ".join(parts))
+
+    def attention_summary(self) -> str:
+        if not self.attention_probed:
+            return "sdpa (not probed)"
+        if self.attention_block is None:
+            return "sdpa (the batch-invariant attention failed its probe here), one call per depth in a verify"
+        return f"batch-invariant (keys padded to a multiple of {self.attention_block}), one call per layer in a verify"
 
 
 def linear_modules(model: PreTrainedModel) -> list[nn.Linear]:
@@ -94,15 +110,18 @@ def linear_modules(model: PreTrainedModel) -> list[nn.Linear]:
 
 
 class BatchInvariance:
-    """The mode on a model's language-model linears: probed once, applied through hooks, removable.
+    """The mode on a model's language model: probed once, applied through hooks and the attention switch,
+    removable.
 
-    policy "on" applies the padding the probe found; "auto" applies it where it makes a plain decoding step
-    at most DEFAULT_MAX_COST slower (timed here, at load); "off" probes nothing."""
+    policy "on" applies the padding the probe found and the batch-invariant attention where its probe passed;
+    "auto" applies both where together they make a plain decoding step at most DEFAULT_MAX_COST slower (timed
+    here, at load); "off" probes nothing."""
 
     def __init__(self, model: PreTrainedModel, policy: str = "auto") -> None:
         if policy not in POLICIES:
             raise ValueError(f"batch-invariant policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self._handles: list[RemovableHandle] = []
+        self._model, self._restore_attention = model, None  # restore_attention: the name before the switch
         if policy == "off":
             self.report = InvarianceReport(policy, False)
             return
@@ -112,31 +131,67 @@ class BatchInvariance:
             groups.setdefault(key, []).append(module)
         pads = [cached_pad_rows(members[0]) for members in groups.values()]
         padded = [(members, pad) for members, pad in zip(groups.values(), pads) if pad is not None and pad > 1]
-        cost = decode_step_cost(model, lambda: self._apply(padded), self.remove) if padded else 0.0
+        probed = text_attention(model) in SWITCHABLE_ATTENTION
+        block = probe_model_attention(model) if probed else None
+        changes = padded or block is not None
+        cost = decode_step_cost(model, lambda: self._apply(padded, block), self.remove) if changes else 0.0
         enabled = policy == "on" or cost <= DEFAULT_MAX_COST
         if enabled:
-            self._apply(padded)
+            self._apply(padded, block)
         shapes = tuple(LinearShape(out, width, str(dtype).removeprefix("torch."), bias, len(members), pad)
                        for (out, width, dtype, bias), members, pad in zip(groups, groups.values(), pads))
-        self.report = InvarianceReport(policy, enabled, shapes, cost, torch.get_num_threads())
+        self.report = InvarianceReport(policy, enabled, shapes, cost, torch.get_num_threads(), probed, block)
 
-    def _apply(self, padded: list[tuple[list[nn.Linear], int]]) -> None:
+    def _apply(self, padded: list[tuple[list[nn.Linear], int]], attention_block: int | None) -> None:
         for members, pad in padded:
             for module in members:
                 self._handles += pad_small_calls(module, pad)
+        if attention_block is not None:
+            self._restore_attention = text_attention(self._model)
+            set_text_attention(self._model, invariant_attention_name(attention_block))
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._restore_attention is not None:
+            set_text_attention(self._model, self._restore_attention)
+            self._restore_attention = None
+
+
+def probe_model_attention(model: PreTrainedModel) -> int | None:
+    """The block at which the batch-invariant attention is invariant here at the language model's head shapes
+    (a cached probe); None: at none."""
+    config = model.config.get_text_config()
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    weight = model.get_output_embeddings().weight
+    return attention_block(heads, kv_heads, head_dim, weight.dtype, weight.device)
+
+
+def text_attention(model: PreTrainedModel) -> str:
+    """The attention implementation the language model runs."""
+    return model.config.get_text_config()._attn_implementation
+
+
+def set_text_attention(model: PreTrainedModel, name: str) -> None:
+    """Switch the language model's attention only: a VLM's vision tower keeps its own (CLIP breaks otherwise)."""
+    register_dream_attention()
+    text = model.config.get_text_config()
+    if text is model.config:
+        model.set_attn_implementation(name)
+        return
+    key = next(key for key in model.config.sub_configs if getattr(model.config, key, None) is text)
+    model.set_attn_implementation({key: name})
 
 
 @torch.no_grad()
 def decode_step_cost(model: PreTrainedModel, apply: Callable[[], None], remove: Callable[[], None],
                      context: int = 64, repeats: int = 9) -> float:
     """Extra time of a plain decoding step (the text decoder and head over one token after `context` cached
-    ones) with the padding applied, over the step without. Steps are timed alternately and the fastest of
-    each kind compared: other load on the machine only ever adds time."""
+    ones) with the mode applied (padding, attention), over the step without. Steps are timed alternately and
+    the fastest of each kind compared: other load on the machine only ever adds time."""
     decoder, head = model.model.get_decoder(), model.get_output_embeddings()
     weight = head.weight
     embeds = torch.randn(1, context + 1, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight)
@@ -163,28 +218,8 @@ def cached_pad_rows(module: nn.Linear) -> int | None:
     device, the shape and dtype; the weight's values only decide which outputs a difference shows on. The
     results are kept in $DREAM_CACHE/invariance.json (a probe of the 49k-row head takes seconds)."""
     weight = module.weight
-    key = "|".join(map(str, (cpu_kind(), torch.__version__, torch.get_num_threads(), weight.device.type,
-                             weight.dtype, *weight.shape, module.bias is not None)))
-    path = cache_root() / "invariance.json"
-    known = _read_json(path)
-    if key not in known:
-        known[key] = probe_pad_rows(module)
-        _write_json(path, {**_read_json(path), key: known[key]})  # re-read: another process may have written
-    return known[key]
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):  # absent, or unreadable: probe again
-        return {}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump(data, tmp, indent=1, sort_keys=True)
-    os.replace(tmp.name, path)
+    key = probe_key(weight.device.type, weight.dtype, *weight.shape, module.bias is not None)
+    return cached_probe(key, lambda: probe_pad_rows(module))
 
 
 @torch.no_grad()
