@@ -19,9 +19,12 @@ from dream.draft import DraftConfig, DraftProposer, build_draft
 from dream.engine import generate
 from dream.pld import PromptLookupProposer
 from dream.target import TargetAdapter
-from dream.target.invariance import BatchInvariance
+from dream.target import invariant_attention
+from dream.target.attention import ATTENTION_NAME, INVARIANT_ATTENTION_NAME, invariant_attention_name
 from dream.target.diagnose import attention_findings, format_findings, rowwise_findings
-from dream.tree import TreeConfig
+from dream.target.invariance import BatchInvariance, set_text_attention, text_attention
+from dream.target.invariant_attention import probe_attention
+from dream.tree import Tree, TreeConfig, chain_tree, tree_from_parents
 
 MAX_NEW = 24
 PROMPTS = ("Describe it.", "a b c d e f g")
@@ -96,7 +99,8 @@ def test_diagnosis_finds_what_the_exact_path_relies_on(bf16_case, family):
     assert target.invariance.invariant, target.invariance.summary()
     findings = rowwise_findings(target) + attention_findings(target, inputs)
     print(f"\n{family}: {target.invariance.summary()}\n{format_findings(findings)}")
-    relied_on = [f for f in findings if f.section == "row-wise" or "exact path" in f.name]
+    attention = "batch-invariant" if text_attention(target.model).startswith(INVARIANT_ATTENTION_NAME) else "sdpa"
+    relied_on = [f for f in findings if f.section == "row-wise" or f"exact path, {attention}" in f.name]
     assert len(relied_on) > 8 and not [f.name for f in relied_on if f.differs]
 
 
@@ -116,3 +120,105 @@ def test_negative_control_masked_path_parts_from_generate(bf16_case, monkeypatch
                 differing.append((family, name))
     if not differing:
         pytest.skip("on this CPU the masked path matched generate() in every case: no divergence to detect")
+
+
+# ---- every tree node against decoding steps along its path ---------------------------------------------------
+ONE_NODE = (torch.ones(1, 1, dtype=torch.bool), torch.zeros(1, dtype=torch.long))
+
+
+def random_tree(nodes: int, seed: int) -> Tree:
+    """Parents drawn at random (parents first): wide and deep parts, depths up to nodes - 1."""
+    generator = torch.Generator().manual_seed(seed)
+    parents = [-1] + [int(torch.randint(0, i, (1,), generator=generator)) for i in range(1, nodes)]
+    return tree_from_parents(torch.randint(3, 90, (nodes,), generator=generator), torch.tensor(parents))
+
+
+# A random tree, a wide one, and a chain of 20: its nodes see 1 .. 20 keys past the prefix, so their lengths
+# straddle every 16-key block edge a kernel might split at.
+TREE_CASES = {"random12": random_tree(12, 1), "random20": random_tree(20, 2),
+              "chain20": chain_tree(torch.arange(3, 23))}
+
+
+def step_logits(target: TargetAdapter, cache, tree: Tree, node: int) -> torch.Tensor:
+    """[V]: what plain one-token decoding steps along `node`'s path give it (one-node verifies, which
+    test_bf16_greedy_equals_generate holds to generate()'s steps); the cache is rewound after."""
+    path = tree.ancestors[node].nonzero().flatten()
+    for token in tree.tokens[path]:
+        logits = target.verify(token[None], *ONE_NODE, cache).logits[0, 0]
+        target.commit(cache, 1, torch.zeros(1, dtype=torch.long))
+    target.commit(cache, len(path), torch.zeros(0, dtype=torch.long))
+    return logits
+
+
+def differing_nodes(target: TargetAdapter, inputs, tree_attention: str, step_attention: str) -> dict:
+    """Per tree case, the nodes whose verify logits (under `tree_attention`) are not bit-identical to their
+    decoding steps' (under `step_attention`)."""
+    cache = target.new_cache()
+    target.prefill(inputs, cache)
+    differing = {}
+    for name, tree in TREE_CASES.items():
+        set_text_attention(target.model, tree_attention)
+        logits = target.verify(tree.tokens, tree.ancestors, tree.depths, cache).logits[0]
+        target.commit(cache, tree.num_nodes, torch.zeros(0, dtype=torch.long))
+        set_text_attention(target.model, step_attention)
+        differing[name] = [i for i in range(tree.num_nodes)
+                           if not torch.equal(logits[i], step_logits(target, cache, tree, i))]
+    return differing
+
+
+@pytest.fixture
+def restore_attention(bf16_case):
+    """The adapters are shared by the module: whatever attention a test switches to, switch back."""
+    switched = []
+
+    def get(family: str):
+        target, inputs, _ = bf16_case(family, PROMPTS[0])
+        switched.append((target.model, text_attention(target.model)))
+        return target, inputs
+
+    yield get
+    for model, name in switched:
+        set_text_attention(model, name)
+
+
+@pytest.mark.parametrize("attention", ["batch-invariant", "sdpa"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tree_verify_equals_decoding_steps(restore_attention, family, attention):
+    """The exact path's premise, asserted on this CPU: every node's logits equal plain decoding steps', for
+    the batch-invariant attention (all nodes in one call per layer) and for sdpa (one call per depth)."""
+    target, inputs = restore_attention(family)
+    block = target.invariance.attention_block
+    if attention == "batch-invariant" and block is None:
+        pytest.skip(f"the batch-invariant attention failed its probe on this CPU: {target.invariance.summary()}")
+    name = invariant_attention_name(block) if attention == "batch-invariant" else ATTENTION_NAME
+    differing = differing_nodes(target, inputs, name, name)
+    assert not any(differing.values()), differing
+
+
+@pytest.mark.parametrize("family", ["llama", "idefics3"])
+def test_negative_control_steps_under_other_attention(restore_attention, family):
+    """The same check where the tree's attention is not the steps' (batch-invariant against sdpa): nodes must
+    differ, else the equality above would not show that the verify reproduces the steps' own numerics."""
+    target, inputs = restore_attention(family)
+    block = target.invariance.attention_block
+    if block is None:
+        pytest.skip("the batch-invariant attention failed its probe on this CPU: there is no second attention")
+    differing = differing_nodes(target, inputs, invariant_attention_name(block), ATTENTION_NAME)
+    assert any(differing.values()), differing
+
+
+def test_attention_probe_compares_bits(monkeypatch):
+    """probe_attention fails a tree call whose input differs from the decoding step's in a single element by
+    one bf16 step; the block it finds for the real call is this machine's fact, printed (-s)."""
+    print(f"\nbatch-invariant attention at 4 heads / 2 kv heads / 16 dims, bf16: block "
+          f"{probe_attention(4, 2, 16, torch.bfloat16)}")
+    real = invariant_attention._tree_inputs
+
+    def one_element_off(*args, **kwargs):
+        query, key, value, mask = real(*args, **kwargs)
+        query = query.clone()
+        query[0, -1, 0, 0] = torch.nextafter(query[0, -1, 0, 0], torch.tensor(float("inf"), dtype=query.dtype))
+        return query, key, value, mask
+
+    monkeypatch.setattr(invariant_attention, "_tree_inputs", one_element_off)
+    assert probe_attention(4, 2, 16, torch.bfloat16) is None
