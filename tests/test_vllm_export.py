@@ -14,12 +14,15 @@ from transformers import AutoConfig
 from dream.cli import main
 from dream.draft import DraftConfig, build_draft, read_draft_config, save_draft
 from dream.methods import SHIPPED_DRAFTS
+from dream.serving.engine import EngineConfig, speculative_config
 from dream.serving.export import (
     DRAFT_ARCHITECTURE,
+    EAGLE3_ARCHITECTURE,
     export_draft,
     export_for_vllm,
     exported_draft,
     read_exported_config,
+    vllm_method,
 )
 from optional import require
 
@@ -51,14 +54,46 @@ def test_dream_export_writes_the_folder_vllm_loads(tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["dream-vllm"]     # no temporary folder left
 
 
-def test_an_eagle3_draft_is_not_exported_until_the_plugin_serves_it(tmp_path, capsys):
+def _eagle3_draft(tmp_path):
     cfg = DraftConfig(architecture="eagle3", hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                      intermediate_size=64, vocab_size=50, blocks=("self",), aux_layers=(1, 2, 3))
-    save_draft(tmp_path / "eagle3", build_draft(cfg), {"family": "llama"})
-    assert main(["export", str(tmp_path / "eagle3"), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert "serves dream and eagle2 drafts, not eagle3" in err and err.count("\n") == 1
-    assert not (tmp_path / "out").exists()
+                      intermediate_size=64, vocab_size=50, blocks=("self",), aux_layers=(2, 2, 1), draft_vocab_size=20)
+    return save_draft(tmp_path / "eagle3", build_draft(cfg), {"family": "llama"}), cfg
+
+
+def test_an_eagle3_draft_exports_for_vllms_eagle3_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("DREAM_CACHE", str(tmp_path / "cache"))        # speculative_config's export goes here
+    source, cfg = _eagle3_draft(tmp_path)
+    assert main(["export", str(source), "--out", str(tmp_path / "out")]) == 0
+    config = AutoConfig.from_pretrained(tmp_path / "out")
+    assert config.architectures == [EAGLE3_ARCHITECTURE]
+    # What vLLM's model runner and EAGLE-3 model read: the aux layers to capture (ours, as they are), fc's width.
+    assert config.eagle_aux_hidden_state_layer_ids == [2, 2, 1]
+    assert config.num_aux_hidden_states == 3 and config.target_hidden_size == 32 and config.num_hidden_layers == 1
+    assert read_exported_config(config).draft == cfg
+    weights = load_file(str(tmp_path / "out" / "model.safetensors"))
+    original = load_file(str(source / "model.safetensors"))
+    assert "vocab_map" in weights and weights.keys() == original.keys()
+    assert vllm_method(source) == "eagle3" and vllm_method(SHIPPED_DRAFTS / "eagle2") == "eagle"
+    spec = speculative_config("eagle3", source, EngineConfig(target="t"))
+    assert spec["method"] == "eagle3"
+
+
+def test_the_plugin_eagle3_draft_refuses_vllms_eagle_method(tmp_path):
+    require("vllm")
+    from dream.serving.eagle3_draft import _read_eagle3_config, captured_layers
+
+    source, _ = _eagle3_draft(tmp_path)
+    hf_config = AutoConfig.from_pretrained(export_for_vllm(source, tmp_path / "out"))
+
+    def vllm_config(method: str):
+        spec = types.SimpleNamespace(method=method, parallel_drafting=False,
+                                     draft_model_config=types.SimpleNamespace(hf_config=hf_config))
+        return types.SimpleNamespace(speculative_config=spec)
+
+    assert _read_eagle3_config(vllm_config("eagle3")).draft.aux_layers == (2, 2, 1)
+    with pytest.raises(ValueError, match="runs with vLLM's speculative method 'eagle3', not 'eagle'"):
+        _read_eagle3_config(vllm_config("eagle"))
+    assert captured_layers((2, 2, 1)) == (1, 2)       # what vLLM's EagleModelMixin returns: distinct, ascending
 
 
 def test_dream_export_fills_an_empty_folder(tmp_path, capsys):
@@ -156,7 +191,7 @@ def test_a_draft_for_another_target_is_refused(tmp_path):
 
 def test_the_plugin_draft_refuses_another_targets_shape():
     require("vllm")
-    from dream.serving.draft_model import check_target
+    from dream.serving.draft_io import check_target
 
     exported = read_exported_config(json.loads(json.dumps(
         {"dream_draft": export_config(SHIPPED_DRAFTS / "dream")})))

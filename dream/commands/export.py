@@ -3,6 +3,7 @@
     dream export DRAFT --out DIR
     vllm serve TARGET --speculative-config '{"method": "eagle", "model": "DIR", "num_speculative_tokens": 4}'
 
+(method "eagle3" for an eagle3 draft: it reads the target's aux layers.)
 DRAFT: `dream` / `eagle2` (the shipped drafts) or a draft checkpoint directory. --out must be new or an
 empty folder; it is written whole or not at all. The folder names the plugin's draft class, so stock vLLM
 without the plugin cannot load it (docs/vllm.md). `dream serve` and `dream bench --engine vllm` take the

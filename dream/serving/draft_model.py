@@ -19,8 +19,9 @@ self-attention does not see it; the harness's draft does (as an attention sink).
 what that costs in acceptance. Visual-token compression is not applied here (every visual token is kept):
 vLLM's target does not expose the last-layer attention the selection needs.
 
-The target's embedding and LM head are shared by vLLM's proposer (`has_own_embed_tokens/lm_head = False`);
-the reduced draft vocabulary is those rows of the target head, scattered back to target ids for sampling.
+The target's embedding and LM head are shared by vLLM's proposer (dream.serving.draft_io); the reduced
+draft vocabulary is those rows of the target head, scattered back to target ids for sampling. The EAGLE-3
+draft goes through vLLM's EAGLE-3 path instead (dream.serving.eagle3_draft).
 """
 
 from __future__ import annotations
@@ -41,20 +42,15 @@ from vllm.model_executor.layers.linear import (
     ReplicatedLinear,
     RowParallelLinear,
 )
-from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import SupportsMultiModalEmbeddings
 from vllm.model_executor.models.llama import LlamaDecoderLayer, LlamaMLP
-from vllm.model_executor.models.utils import _merge_multimodal_embeddings, get_draft_quant_config, maybe_prefix
+from vllm.model_executor.models.utils import get_draft_quant_config, maybe_prefix
 
 from dream.draft.blocks import llama_config
 from dream.draft.config import DraftConfig
-from dream.serving.export import ExportedConfig, read_exported_config
-from dream.target.identity import check_same_target
-
-# Text model types whose token embeddings are scaled by sqrt(hidden_size) (vLLM's Gemma models multiply the
-# shared embedding's output by a `normalizer`; the harness's input stream has it too): the draft must do the same.
-SCALED_EMBEDDING_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text")
+from dream.serving.draft_io import SharedEmbedding, TargetSharedIO
+from dream.serving.export import read_exported_config
 
 # Checkpoint tensor name fragment -> (vLLM parameter fragment, shard id) for vLLM's fused projections.
 _STACKED = {
@@ -156,15 +152,6 @@ class GatedCrossAttentionBlock(nn.Module):
         return hidden + self.cross_attn_mlp_gate.tanh() * self.mlp(self.post_attention_layernorm(hidden))
 
 
-class _SharedEmbedding(nn.Module):
-    """Stands in for the target's embedding until vLLM's proposer shares it (`load_model`)."""
-
-    weight: torch.Tensor | None = None
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("the target's embedding has not been shared with the draft yet")
-
-
 @support_torch_compile(dynamic_arg_dims={"embeds": 0, "positions": -1, "memory": 0})
 class DreamDraftModel(nn.Module):
     """The draft's layers, named as in the dream checkpoint (blocks.i.*, block.*, fc.*, norm, vocab_map).
@@ -174,7 +161,7 @@ class DreamDraftModel(nn.Module):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", cfg: DraftConfig, first_layer: int) -> None:
         super().__init__()
-        self.embed_tokens: nn.Module = _SharedEmbedding()
+        self.embed_tokens: nn.Module = SharedEmbedding()
         config = layer_config(cfg)
         self.fc: ReplicatedLinear | None = None
 
@@ -190,6 +177,7 @@ class DreamDraftModel(nn.Module):
             self.block = self_block(0)
             self._blocks: list[nn.Module] = [self.block]
         else:
+            assert cfg.architecture == "dream", cfg.architecture       # EagleDreamDraft refuses the others
             self.blocks = nn.ModuleList(
                 GatedCrossAttentionBlock(cfg, vllm_config, maybe_prefix(prefix, f"layers.{first_layer + i}"))
                 if kind == "cross" else self_block(i)
@@ -210,11 +198,9 @@ class DreamDraftModel(nn.Module):
         return self.norm(hidden)
 
 
-class EagleDreamDraft(nn.Module, SupportsMultiModalEmbeddings):
-    """vLLM draft model for a dream draft checkpoint exported by `dream export` (dream.serving.export)."""
-
-    has_own_embed_tokens = False     # vLLM's proposer shares the target's embedding ...
-    has_own_lm_head = False          # ... and LM head with us after loading
+class EagleDreamDraft(TargetSharedIO, nn.Module, SupportsMultiModalEmbeddings):
+    """vLLM draft model for a dream or eagle2 checkpoint exported by `dream export` (dream.serving.export);
+    inputs and head are the target's (dream.serving.draft_io)."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
@@ -222,42 +208,15 @@ class EagleDreamDraft(nn.Module, SupportsMultiModalEmbeddings):
         assert speculative_config is not None and speculative_config.draft_model_config is not None
         self.config = speculative_config.draft_model_config.hf_config
         exported = read_exported_config(self.config)
-        check_target(exported, vllm_config)
+        if exported.draft.architecture not in ("dream", "eagle2"):
+            # An eagle3 export names Eagle3DreamDraft; reaching here means its config.json was edited.
+            raise ValueError(f"{exported.source}: EagleDreamDraft builds dream and eagle2 drafts, "
+                             f"not {exported.draft.architecture}")
         self.draft_config: DraftConfig = exported.draft
         first_layer = vllm_config.model_config.get_total_num_hidden_layers()
         self.model = DreamDraftModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"),
                                      cfg=exported.draft, first_layer=first_layer)
-        self.vocab_size = exported.draft.vocab_size
-        self.logits_processor = LogitsProcessor(self.vocab_size)
-        # Never propose the image placeholder (as the harness's proposer). Read from the target's config
-        # here: vLLM's V1 proposer also copies it onto ours as image_token_index, its V2 runner does not.
-        target_config = vllm_config.model_config.hf_config
-        self.image_token_id: int | None = getattr(target_config, "image_token_id", None)
-        if self.image_token_id is None:
-            self.image_token_id = getattr(target_config, "image_token_index", None)
-        self._reduced_head: torch.Tensor | None = None   # [V_draft, H] rows of the shared head, made on first use
-        text_config = vllm_config.model_config.hf_text_config
-        self.embed_scale: float | None = (text_config.hidden_size**0.5
-                                          if text_config.model_type in SCALED_EMBEDDING_TYPES else None)
-        self.logit_softcap: float | None = getattr(text_config, "final_logit_softcapping", None)
-
-    # ---- inputs ------------------------------------------------------------------------------------------
-    def embed_input_ids(
-        self,
-        input_ids: torch.Tensor,
-        multimodal_embeddings=None,
-        *,
-        is_multimodal: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Token embeddings with the target's image embeddings at visual positions (the harness's input stream)."""
-        embeds = self.model.embed_tokens(input_ids)
-        if self.embed_scale is not None:
-            # In the embedding's dtype, as the target does (vLLM's Gemma normalizer buffer, HF's embed_scale).
-            embeds = embeds * torch.tensor(self.embed_scale, dtype=embeds.dtype, device=embeds.device)
-        if multimodal_embeddings is None or len(multimodal_embeddings) == 0:
-            return embeds
-        assert is_multimodal is not None
-        return _merge_multimodal_embeddings(embeds, multimodal_embeddings, is_multimodal)
+        self.init_target_io(vllm_config, exported)
 
     def forward(
         self,
@@ -272,27 +231,6 @@ class EagleDreamDraft(nn.Module, SupportsMultiModalEmbeddings):
             inputs_embeds = self.embed_input_ids(input_ids)
         features = self.model(inputs_embeds, positions, hidden_states)
         return features, features
-
-    # ---- head --------------------------------------------------------------------------------------------
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """features [T, H] -> [T, V_target] logits: the reduced vocabulary's, -inf at every other id."""
-        vocab_map = self.model.vocab_map
-        if get_tensor_model_parallel_world_size() > 1:
-            # The shared head is split by vocabulary across ranks: score all rows, keep ours.
-            full = self.logits_processor(self.lm_head, hidden_states)
-            reduced = full.index_select(-1, vocab_map)
-        else:
-            if self._reduced_head is None or self._reduced_head.dtype != hidden_states.dtype:
-                weight = self.lm_head.weight
-                self._reduced_head = weight.index_select(0, vocab_map.to(weight.device)).to(hidden_states.dtype)
-            reduced = torch.nn.functional.linear(hidden_states, self._reduced_head)
-        if self.logit_softcap:
-            reduced = self.logit_softcap * torch.tanh(reduced / self.logit_softcap)    # as the target's head
-        if self.image_token_id is not None:
-            reduced = reduced.masked_fill(vocab_map == self.image_token_id, float("-inf"))
-        logits = reduced.new_full((reduced.shape[0], self.vocab_size), float("-inf"))
-        logits[:, vocab_map] = reduced
-        return logits
 
     # ---- weights -----------------------------------------------------------------------------------------
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
@@ -321,18 +259,3 @@ class EagleDreamDraft(nn.Module, SupportsMultiModalEmbeddings):
             raise ValueError(f"the draft checkpoint lacks tensors for {missing}")
         return loaded
 
-
-def check_target(exported: ExportedConfig, vllm_config: VllmConfig) -> None:
-    """Refuse a draft trained against another target (the structural fields of its fingerprint).
-
-    The head hash needs the target's weights; `dream serve` / `dream bench` check it before starting vLLM.
-    """
-    model_config = vllm_config.model_config
-    text = model_config.hf_text_config
-    current = {
-        "model_type": model_config.hf_config.model_type,
-        "hidden_size": text.hidden_size,
-        "num_layers": text.num_hidden_layers,
-        "vocab_size": model_config.get_vocab_size(),
-    }
-    check_same_target(exported.target, current, "draft", exported.source)

@@ -1,8 +1,10 @@
 """Building a vLLM engine for a target with one speculation method, and reading its spec-decode counters.
 
 Methods (dream.method_names, the harness's names): `ar` (no speculation), `pld` (vLLM's n-gram prompt
-lookup), and a draft: `dream` / `eagle2` name the shipped drafts of a zoo target, or any dream draft directory. Drafts go through vLLM's EAGLE proposer
-(method "eagle") with the plugin's draft class; their checkpoint is exported once (dream.serving.export).
+lookup), and a draft: `dream` / `eagle2` / `eagle3` name the shipped drafts of a zoo target, or any dream draft
+directory. Drafts go through vLLM's EAGLE proposer with the plugin's draft classes: method "eagle" for dream and
+eagle2 drafts, "eagle3" for eagle3 drafts (the target's aux layers); their checkpoint is exported once
+(dream.serving.export).
 
 vLLM proposes a chain of `num_speculative_tokens` tokens per step (no tree), verified with its rejection
 sampler; at temperature 0 the output is the target's greedy output.
@@ -20,7 +22,7 @@ from PIL import Image
 
 from dream.chat import user_turn
 from dream.method_names import AR, PLD, canonical
-from dream.serving.export import exported_draft
+from dream.serving.export import exported_draft, vllm_method
 
 VLLM_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}   # dream.settings names -> vLLM's dtype names
 
@@ -52,7 +54,7 @@ def speculative_config(method: str, draft_dir: str | Path | None, cfg: EngineCon
                 "prompt_lookup_max": cfg.ngram_max, "prompt_lookup_min": cfg.ngram_min}
     if draft_dir is None:
         raise ValueError(f"method {method!r} needs a draft directory")
-    return {"method": "eagle", "model": str(exported_draft(draft_dir)),
+    return {"method": vllm_method(draft_dir), "model": str(exported_draft(draft_dir)),
             "num_speculative_tokens": cfg.num_speculative_tokens}
 
 

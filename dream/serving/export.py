@@ -1,15 +1,18 @@
-"""`dream export`: a dream draft directory as a folder vLLM's speculative config loads (method "eagle").
+"""`dream export`: a dream draft directory as a folder vLLM's speculative config loads.
 
 vLLM builds every draft's config with transformers' AutoConfig, which needs a `model_type`; our draft
 checkpoints carry a strict config of their own instead (dream.draft.checkpoint). The export writes a
 LlamaConfig-shaped config.json (sizes, rotary base) whose `architectures` names the plugin's draft class,
 with the full DraftConfig and the target fingerprint under `dream_draft`, and copies the weights unchanged
-(same tensor names, same dtype: the plugin maps them onto vLLM's fused layers when loading).
+(same tensor names, same dtype: the plugin maps them onto vLLM's fused layers when loading). dream and
+eagle2 drafts run with vLLM's method "eagle" (dream.serving.draft_model), eagle3 drafts with "eagle3"
+(dream.serving.eagle3_draft): their config also names the target layers vLLM must capture
+(`eagle_aux_hidden_state_layer_ids`, read by vLLM's model runner).
 
 `export_draft(dir, out)` writes one to a folder of the user's choice (`dream export`), for plain vLLM:
-`vllm serve TARGET --speculative-config '{"method": "eagle", "model": "OUT", ...}'` with the plugin
-installed. `exported_draft(dir)` does it once per distinct checkpoint into the user's cache, so commands
-can take the draft directory itself.
+`vllm serve TARGET --speculative-config '{"method": "eagle", "model": "OUT", ...}'` (method "eagle3" for
+an eagle3 draft, `vllm_method`) with the plugin installed. `exported_draft(dir)` does it once per distinct
+checkpoint into the user's cache, so commands can take the draft directory itself.
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ from typing import Any
 from dream.draft.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_draft_config
 from dream.draft.config import DraftConfig
 
-DRAFT_ARCHITECTURE = "EagleDreamDraft"   # starts with "Eagle": vLLM's EAGLEConfig keeps the name as is
+# vLLM's EAGLEConfig keeps an architecture name that starts with "Eagle" (method "eagle") or "Eagle3"
+# (method "eagle3") as it is; any other name it prefixes.
+DRAFT_ARCHITECTURE = "EagleDreamDraft"      # dream and eagle2 drafts (draft_model.py)
+EAGLE3_ARCHITECTURE = "Eagle3DreamDraft"    # eagle3 drafts (eagle3_draft.py)
 EXPORT_FORMAT = "dream-vllm-draft"
 EXPORT_VERSION = 1
 CONFIG_KEY = "dream_draft"               # where the dream config sits inside the exported config.json
-SERVED_ARCHITECTURES = ("dream", "eagle2")   # the drafts the plugin's model (draft_model.py) builds
 
 
 @dataclass(frozen=True)
@@ -46,10 +51,7 @@ def export_for_vllm(draft_dir: str | Path, out_dir: str | Path) -> Path:
     """Write `out_dir`/config.json + model.safetensors for vLLM; returns out_dir. Overwrites an earlier export."""
     draft_dir = Path(draft_dir).resolve()
     config = read_draft_config(draft_dir)          # validated: unknown keys, version, dtype
-    cfg = DraftConfig.from_dict(config["draft"])
-    if cfg.architecture not in SERVED_ARCHITECTURES:
-        raise ValueError(f"{draft_dir}: the vLLM plugin serves {' and '.join(SERVED_ARCHITECTURES)} drafts, "
-                         f"not {cfg.architecture} (run it with the harness: dream generate / bench)")
+    cfg = DraftConfig.from_dict(config["draft"])      # every architecture has a plugin class
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf_config = _hf_config(cfg, config, draft_dir)
@@ -101,6 +103,12 @@ def exported_draft(draft_dir: str | Path, cache_root: str | Path | None = None) 
     return out
 
 
+def vllm_method(draft_dir: str | Path) -> str:
+    """vLLM's speculative method for a draft directory: "eagle3" for an eagle3 draft, else "eagle"."""
+    cfg = DraftConfig.from_dict(read_draft_config(Path(draft_dir))["draft"])
+    return "eagle3" if cfg.architecture == "eagle3" else "eagle"
+
+
 def read_exported_config(hf_config: Any) -> ExportedConfig:
     """The dream part of an exported config (a transformers config object or its dict)."""
     data = hf_config if isinstance(hf_config, dict) else getattr(hf_config, CONFIG_KEY, None)
@@ -128,7 +136,7 @@ def _hf_config(cfg: DraftConfig, config: dict[str, Any], source: Path) -> dict[s
     """A config AutoConfig reads as a LlamaConfig; vLLM's proposer takes sizes and rotary from it."""
     return {
         "model_type": "llama",
-        "architectures": [DRAFT_ARCHITECTURE],
+        "architectures": [EAGLE3_ARCHITECTURE if cfg.architecture == "eagle3" else DRAFT_ARCHITECTURE],
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
         "num_attention_heads": cfg.num_attention_heads,
@@ -144,6 +152,7 @@ def _hf_config(cfg: DraftConfig, config: dict[str, Any], source: Path) -> dict[s
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
         "tie_word_embeddings": False,
         "torch_dtype": config["dtype"],
+        **_eagle3_fields(cfg),
         CONFIG_KEY: {
             "format": EXPORT_FORMAT,
             "format_version": EXPORT_VERSION,
@@ -152,6 +161,16 @@ def _hf_config(cfg: DraftConfig, config: dict[str, Any], source: Path) -> dict[s
             "source": str(source),
         },
     }
+
+
+def _eagle3_fields(cfg: DraftConfig) -> dict[str, Any]:
+    """What vLLM's EAGLE-3 path reads from an eagle3 draft's config: the target layers whose entering residual
+    its model runner captures (vLLM's aux layer ids are exactly our aux_layers), and fc's input width."""
+    if cfg.architecture != "eagle3":
+        return {}
+    return {"eagle_aux_hidden_state_layer_ids": list(cfg.aux_layers),
+            "num_aux_hidden_states": len(cfg.aux_layers),
+            "target_hidden_size": cfg.hidden_size}
 
 
 def _default_cache_root() -> Path:

