@@ -4,7 +4,7 @@
     hf      transformers' own generate() on the loaded model (harness only)
     pld     prompt lookup, model-free (vLLM: its n-gram proposer)
     eagle2  the EAGLE-2-style draft
-    eagle3  the EAGLE-3-style draft (harness only, until the vLLM plugin serves it)
+    eagle3  the EAGLE-3-style draft (vLLM: its EAGLE-3 path, reading the target's aux layers)
     dream   the DREAM draft; the harness also takes ablations dream-<what> (dream.methods)
 
 The vLLM side once named ar `base` and pld `ngram` (the recorded runs in docs/results/vllm-*.json, `dream serve
@@ -17,10 +17,10 @@ from __future__ import annotations
 AR, HF, PLD = "ar", "hf", "pld"
 DRAFT_NAMES = ("eagle2", "eagle3", "dream")   # one method per draft architecture; shipped drafts are looked up
                                               #   under these names (dream.methods.SHIPPED_DRAFTS)
-SHIPPED_NAMES = ("eagle2", "dream")           # the drafts the package ships, the ones vLLM serves
+SHIPPED_NAMES = ("eagle2", "dream")           # the drafts the package ships (eagle3 joins when its asset does)
 BASELINES = (AR, HF, PLD)     # methods without a draft
 PLAIN = (AR, HF)              # plain decoding: a speedup's baseline
-VLLM_METHODS = (AR, PLD, *SHIPPED_NAMES)   # what `dream bench --engine vllm` runs (drafts as chains)
+VLLM_METHODS = (AR, PLD, *DRAFT_NAMES)     # what `dream bench --engine vllm` runs (drafts as chains)
 HARNESS_ONLY = (HF,)
 # Former names -> the names above: the vLLM side's `base` / `ngram`, and `dream serve --draft none`.
 ALIASES = {"base": AR, "ngram": PLD, "none": AR}

@@ -4,6 +4,7 @@ record's rates and intervals from prompt x pass cells, mismatches over every pas
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -14,13 +15,15 @@ from dream.bench.prompts import PromptRecord
 from dream.cli import main
 from dream.commands.bench import add_arguments
 from dream.commands.common import parse_methods
+from dream.draft import DraftConfig, build_draft, save_draft
+from dream.methods import SHIPPED_DRAFTS
 from dream.serving.bench import MethodPass, VllmBenchConfig, format_table, run_vllm_bench
 from dream.serving.engine import EngineConfig, SpecCounters, speculative_config
 from dream.serving.server import speculator
 
 PROMPTS = [PromptRecord(i + 1, Path(f"{i}.png"), Image.new("RGB", (4, 4)), f"q{i}", "kind", None) for i in range(3)]
 # seconds per token of each method: dream twice as fast as ar, eagle2 in between
-SPEED = {"ar": 0.1, "pld": 0.08, "eagle2": 0.0625, "dream": 0.05}
+SPEED = {"ar": 0.1, "pld": 0.08, "eagle2": 0.0625, "eagle3": 0.055, "dream": 0.05}
 
 
 def fake_pass(method: str, pass_index: int) -> MethodPass:
@@ -28,7 +31,7 @@ def fake_pass(method: str, pass_index: int) -> MethodPass:
     if method == "pld" and pass_index == 1:
         token_ids[2] = [8] * 6                                     # one mismatch, in the second pass only
     latencies = [len(ids) * SPEED[method] for ids in token_ids]
-    drafted = method in ("eagle2", "dream")
+    drafted = method in ("eagle2", "eagle3", "dream")
     counters = SpecCounters(drafts=10 if drafted else 0, draft_tokens=20 if drafted else 0,
                             accepted=10 if drafted else 0, accepted_per_position=(6, 4) if drafted else ())
     return MethodPass(token_ids, ["x"] * len(PROMPTS), [5] * len(PROMPTS), sum(latencies), latencies, counters)
@@ -81,6 +84,21 @@ def test_the_former_vllm_names_read_as_the_harness_names(engines):
     assert speculator("none") == ("ar", None) and speculator("ngram") == ("pld", None)
 
 
+def test_an_eagle3_draft_runs_beside_the_shipped_ones(engines, tmp_path, capsys):
+    """--methods ar,eagle2,eagle3,dream --draft eagle3=DIR: eagle3 from DIR, eagle2 and dream shipped."""
+    cfg = DraftConfig(architecture="eagle3", hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                      intermediate_size=64, vocab_size=50, blocks=("self",), aux_layers=(1, 2, 3))
+    eagle3 = save_draft(tmp_path / "eagle3", build_draft(cfg), {"family": "llama"})
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--engine", "vllm", "--target", "smolvlm-135m", "--limit", "3", "--json", str(out),
+                 "--methods", "ar,eagle2,eagle3,dream", "--draft", f"eagle3={eagle3}"]) == 0
+    assert engines == ["ar", "eagle2", "eagle3", "dream"]
+    record = json.loads(out.read_text())
+    assert record["config"]["drafts"] == {"eagle3": str(eagle3), "eagle2": str(SHIPPED_DRAFTS / "eagle2"),
+                                          "dream": str(SHIPPED_DRAFTS / "dream")}
+    assert record["methods"]["eagle3"]["tau"] == 2.0 and "eagle3" in capsys.readouterr().out
+
+
 def test_every_bench_flag_names_its_engine():
     parser = argparse.ArgumentParser()
     add_arguments(parser)              # asserts that every flag is in ENGINE_FLAGS
@@ -93,7 +111,8 @@ def test_every_bench_flag_names_its_engine():
     (["--repeats", "0"], "--repeats must be >= 1, got 0"),
     (["--plot", "x.png"], "--engine vllm does not take --plot"),
     (["--seed", "1", "--tree-top-k", "2"], "--engine vllm does not take --tree-top-k, --seed"),
-    (["--methods", "ar,hf"], "--engine vllm methods are ar, pld, eagle2, dream; not hf"),
+    (["--methods", "ar,hf"], "--engine vllm methods are ar, pld, eagle2, eagle3, dream; not hf"),
+    (["--methods", "ar,eagle3"], "no shipped eagle3 draft at"),
 ])
 def test_vllm_bench_user_errors_are_one_line(args, message, engines, capsys):
     assert main(["bench", "--engine", "vllm", "--target", "smolvlm-135m", *args]) != 0

@@ -13,7 +13,7 @@ context) is raised before the first timed generation. The loop is dream.bench.ru
 dream.bench.report.
 
 `--engine vllm` runs the same prompts through vLLM (dream.serving.bench) under the same method names
-(dream.method_names): ar, pld, eagle2, dream (eagle3 runs in the harness only, for now). ENGINE_FLAGS says
+(dream.method_names): ar, pld, eagle2, eagle3, dream (by default those with a draft at hand). ENGINE_FLAGS says
 which engine each flag is for; a flag of one engine given to the other is a one-line error, and a flag
 missing from the table fails at parser build.
 """
@@ -46,7 +46,7 @@ from dream.commands.common import (
     parse_methods,
     set_threads,
 )
-from dream.methods import CPU_TREE, is_zoo_name, load_methods, plan_method_names, shipped_drafts
+from dream.methods import CPU_TREE, DraftSpec, is_zoo_name, load_methods, plan_method_names, shipped_drafts
 from dream.sampling import SamplingConfig
 from dream.settings import torch_dtype
 from dream.target import load_target, resolve_target_path
@@ -70,8 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a draft checkpoint; NAME is eagle2, eagle3, dream or dream-<ablation> (default: its "
                              "architecture). Repeatable. Default: the shipped drafts of a zoo target")
     parser.add_argument("--methods", metavar="NAME,NAME,...",
-                        help="run only these (default: ar, hf, pld and every draft; vllm: ar, pld, eagle2, dream); "
-                             "needs ar or hf (vllm: ar). The former vLLM names base and ngram read as ar and pld")
+                        help="run only these (default: ar, hf, pld and every draft; vllm: ar, pld and the drafts "
+                             "of eagle2, eagle3, dream at hand); needs ar or hf (vllm: ar). The former vLLM names "
+                             "base and ngram read as ar and pld")
     parser.add_argument("--prompts", type=Path, default=HELDOUT_PROMPTS,
                         help="JSON Lines {image, prompt, category}; default: the shipped held-out prompts")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -221,6 +222,17 @@ def _check_writable(flag: str, path: Path) -> None:
         raise ValueError(f"{flag} {path} exists and is not writable")
 
 
+def vllm_drafts(target: str, given: list[DraftSpec], selected: list[str] | None) -> dict[str, str]:
+    """Method name -> draft directory for the vLLM bench: the --draft ones, and for a zoo target the shipped
+    drafts of the draft methods no --draft names (all of them without --draft, else those --methods selects;
+    a selected one that is not shipped is a one-line error)."""
+    drafts = {spec.name: str(spec.path) for spec in given}
+    if is_zoo_name(target) and (not given or selected):
+        wanted = None if selected is None else [name for name in selected if name not in drafts]
+        drafts = {spec.name: str(spec.path) for spec in shipped_drafts(wanted)} | drafts
+    return drafts
+
+
 def run_vllm(args: argparse.Namespace) -> int:
     """The same prompts through vLLM (dream.serving.bench): one JSON in the harness bench's layout."""
     from dream.serving.bench import METHODS, VllmBenchConfig, format_table, run_vllm_bench
@@ -232,18 +244,17 @@ def run_vllm(args: argparse.Namespace) -> int:
         raise ValueError("--num-speculative-tokens and --concurrency must be >= 1")
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-    methods = tuple(parse_methods(args.methods) or METHODS)
-    unknown = [m for m in methods if m not in METHODS]
+    selected = parse_methods(args.methods)
+    unknown = [m for m in selected or () if m not in METHODS]
     if unknown:
         raise ValueError(f"--engine vllm methods are {', '.join(METHODS)}; not {', '.join(unknown)}")
-    drafts = {spec.name: str(spec.path) for spec in ([parse_draft_arg(text) for text in args.draft]
-                                                        or (shipped_drafts() if is_zoo_name(args.target) else []))}
+    drafts = vllm_drafts(args.target, [parse_draft_arg(text) for text in args.draft], selected)
     prompts = read_prompts(args.prompts, limit=args.limit)
     engine = EngineConfig(target=str(resolve_target_path(args.target)), dtype=VLLM_DTYPES[args.dtype],
                           num_speculative_tokens=k, max_num_seqs=max(args.concurrency, 1))
     cfg = VllmBenchConfig(engine=engine, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           concurrency=args.concurrency, warmup=args.warmup, repeats=args.repeats, drafts=drafts)
-    record = run_vllm_bench(cfg, prompts, methods)
+    record = run_vllm_bench(cfg, prompts, None if selected is None else tuple(selected))
     argv = getattr(args, "argv", None)
     record["config"].update(target=args.target, prompts_file=str(args.prompts), dtype=args.dtype,
                             command=None if argv is None else list(argv), code=code_version(),

@@ -1,4 +1,4 @@
-"""`dream bench --engine vllm`: the same prompts through vLLM with ar, pld, eagle2 and dream.
+"""`dream bench --engine vllm`: the same prompts through vLLM with ar, pld, eagle2, eagle3 and dream.
 
 The method names are the harness's (dream.method_names): `ar` is vLLM without speculation, `pld` vLLM's
 n-gram prompt lookup; records made before the names were shared call them `base` and `ngram`.
@@ -62,10 +62,13 @@ class MethodPass:
     counters: SpecCounters
 
 
-def run_vllm_bench(cfg: VllmBenchConfig, prompts: list[PromptRecord], methods: tuple[str, ...] = METHODS) -> dict:
-    """Run every method over `prompts`, `cfg.repeats` times; returns the JSON-ready record."""
+def run_vllm_bench(cfg: VllmBenchConfig, prompts: list[PromptRecord], methods: tuple[str, ...] | None = None) -> dict:
+    """Run every method over `prompts`, `cfg.repeats` times; returns the JSON-ready record. Methods default to
+    ar, pld and every method of METHODS that `cfg.drafts` has a draft for."""
     if cfg.concurrency < 1 or cfg.repeats < 1:
         raise ValueError(f"concurrency and repeats must be >= 1, got {cfg.concurrency} and {cfg.repeats}")
+    if methods is None:
+        methods = tuple(m for m in METHODS if m in (AR, PLD) or m in cfg.drafts)
     methods = tuple(canonical(m) for m in methods)
     if AR not in methods:
         raise ValueError("the vLLM bench needs the ar method (speedups and mismatches are against it)")
