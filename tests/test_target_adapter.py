@@ -276,6 +276,9 @@ def test_negative_control_exact_path_without_ancestor_keys(tiny_target, stock, m
         return real_groups(prefix_len, torch.zeros_like(depths), torch.eye(len(depths), dtype=torch.bool))
 
     monkeypatch.setattr(attention_module, "depth_groups", no_ancestors)
+    # The per-depth sdpa path is the one whose groups are patched, whatever the batch-invariant mode chose here.
+    monkeypatch.setattr(adapter.model.config.get_text_config(), "_attn_implementation_internal",
+                        attention_module.ATTENTION_NAME)
     inputs = build_prompt(adapter, family)
     cache = adapter.new_cache()
     adapter.prefill(inputs, cache)

@@ -130,6 +130,11 @@ def format_report(report: DoctorReport) -> str:
         pad = shape["pad_rows"]
         state = "as is" if pad == 1 else f"pad to {pad} rows" if pad else "NOT invariant at any pad"
         lines.append(f"  linear {shape['out_features']}x{shape['in_features']} (x{shape['modules']}): {state}")
+    if inv.get("attention_probed"):
+        block = inv.get("attention_block")
+        lines.append("  attention: " + (f"batch-invariant, keys padded to a multiple of {block}; a verify runs all "
+                                        "nodes in one call per layer" if block else
+                                        "NOT batch-invariant at any block: sdpa, one call per depth in a verify"))
     lines.append("operations (a row's bits whatever rows or masked keys come with it):")
     width = max(len(f.name) for f in report.findings)
     lines += [f"  {f.section:9} {f.name:{width}}  {'DIFFERS' if f.differs else 'same   '}  {f.detail}"

@@ -35,7 +35,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 
-from .exact import DepthGroup, depth_groups, exact_tree_attention, one_step_window
+from .exact import DepthGroup, check_depths, depth_groups, exact_tree_attention, one_step_window
 from .invariant_attention import TreeKeys, decode_attention, tree_attention, tree_keys
 from .masks import TreeLayout, tree_mask
 
@@ -54,20 +54,23 @@ class ActiveVerify:
     """The tree verify a forward is running: the one thing the attention function and the mask builder read."""
 
     layout: TreeLayout  # where the tree nodes sit after the committed prefix
-    groups: tuple[DepthGroup, ...] | None  # "exact": the nodes per depth; None: "masked"
+    mode: VerifyMode
     observe: AttentionObserver | None = None  # sees every layer's attention inputs (dream.target.diagnose)
-    _keys: dict[tuple, TreeKeys] = field(default_factory=dict, compare=False)  # per (sliding window, block)
+    _plans: dict = field(default_factory=dict, compare=False)  # the exact path's plans, built on first use
 
-    @property
-    def mode(self) -> VerifyMode:
-        return "masked" if self.groups is None else "exact"
+    def depth_groups(self) -> tuple[DepthGroup, ...]:
+        """The exact path under sdpa: the nodes per depth, once per verify, not per layer."""
+        if "groups" not in self._plans:
+            self._plans["groups"] = depth_groups(self.layout.prefix_len, self.layout.depths, self.layout.ancestors)
+        return self._plans["groups"]
 
     def tree_keys(self, window: int | None, block: int) -> TreeKeys:
-        """The batched exact path's gather plan, built once per verify (and sliding window), not per layer."""
-        if (window, block) not in self._keys:
+        """The exact path under the batch-invariant attention: every node's keys, once per verify (and sliding
+        window), not per layer."""
+        if (window, block) not in self._plans:
             layout = self.layout
-            self._keys[window, block] = tree_keys(layout.prefix_len, layout.depths, layout.ancestors, window, block)
-        return self._keys[window, block]
+            self._plans[window, block] = tree_keys(layout.prefix_len, layout.depths, layout.ancestors, window, block)
+        return self._plans[window, block]
 
 
 _ACTIVE_VERIFY: ContextVar[ActiveVerify | None] = ContextVar("dream_active_verify", default=None)
@@ -79,8 +82,9 @@ def tree_verify(layout: TreeLayout, mode: VerifyMode, observe: AttentionObserver
     """Within this block, "dream" attention and its masks run the tree verify of `layout` in `mode`."""
     if mode not in VERIFY_MODES:
         raise ValueError(f"verify mode {mode!r}: expected one of {', '.join(VERIFY_MODES)}")
-    groups = depth_groups(layout.prefix_len, layout.depths, layout.ancestors) if mode == "exact" else None
-    active = ActiveVerify(layout, groups, observe)
+    if mode == "exact":
+        check_depths(layout.depths, layout.ancestors)
+    active = ActiveVerify(layout, mode, observe)
     token = _ACTIVE_VERIFY.set(active)
     try:
         yield active
@@ -181,12 +185,12 @@ def _attend(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, 
     if active is not None and active.observe is not None:
         active.observe(module, query, key, value, {"dropout": dropout, "scaling": scaling, **kwargs})
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    if active is not None and active.groups is not None:
+    if active is not None and active.mode == "exact":
         if block is not None:
             keys = active.tree_keys(kwargs.get("sliding_window"), block)
             return tree_attention(query, key, value, keys, scale, kwargs.get("softcap")), None
-        return exact_tree_attention(module, query, key, value, active.groups, dropout=dropout, scaling=scaling,
-                                    **kwargs)
+        return exact_tree_attention(module, query, key, value, active.depth_groups(), dropout=dropout,
+                                    scaling=scaling, **kwargs)
     if block is not None and active is None and query.shape[2] == 1:
         window = one_step_window(key.shape[2], kwargs.get("sliding_window"))
         if window is not None and window < key.shape[2]:  # a full-length cache (TargetCache): the window's keys
@@ -229,7 +233,7 @@ def dream_mask(
             attention_mask=attention_mask,
             **kwargs,
         )
-    if active.groups is not None:
+    if active.mode == "exact":
         return None  # exact tree attention picks each node's keys itself
     layout = active.layout
     assert attention_mask is None, "tree forwards take no padding mask"

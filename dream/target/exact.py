@@ -37,12 +37,11 @@ def depth_groups(prefix_len: int, depths: Tensor, ancestors: Tensor) -> tuple[De
     (node indices along a path ascend), so a row's ancestors in index order are in depth order."""
     device = depths.device
     prefix = torch.arange(prefix_len, device=device)
+    check_depths(depths, ancestors)
     groups = []
     for depth in range(int(depths.max()) + 1):
         nodes = (depths == depth).nonzero().flatten()
         visible = ancestors[nodes]  # [n, N]
-        if not bool((visible.sum(1) == depth + 1).all()):
-            raise ValueError(f"ancestors and depths disagree: a node at depth {depth} must see {depth + 1} nodes")
         path = visible.nonzero()[:, 1].view(nodes.numel(), depth + 1)  # [n, depth + 1]
         if nodes.numel() == 1 and torch.equal(path[0], torch.arange(depth + 1, device=device)):
             keys = None  # a chain prefix: the keys are a slice of the cache, no gather
@@ -50,6 +49,16 @@ def depth_groups(prefix_len: int, depths: Tensor, ancestors: Tensor) -> tuple[De
             keys = torch.cat([prefix.expand(nodes.numel(), -1), prefix_len + path], dim=1)
         groups.append(DepthGroup(nodes, keys, prefix_len + depth + 1))
     return tuple(groups)
+
+
+def check_depths(depths: Tensor, ancestors: Tensor) -> None:
+    """ValueError unless every node at depth d sees d + 1 nodes (itself and d ancestors): both exact paths
+    read a node's path off its ancestor row."""
+    seen = ancestors.sum(1)
+    if not torch.equal(seen, depths + 1):
+        node = int((seen != depths + 1).nonzero()[0])
+        raise ValueError(f"ancestors and depths disagree: node {node} at depth {int(depths[node])} must see "
+                         f"{int(depths[node]) + 1} nodes, sees {int(seen[node])}")
 
 
 def one_step_window(length: int, window: int | None) -> int | None:

@@ -41,7 +41,7 @@ PROBE_NODES = (2, 3, 5, 8, 13, 16, 32)  # tree sizes, cycled over the prefixes
 PROBE_DEPTH = 15  # nodes' lengths spread over prefix + 1 .. prefix + PROBE_DEPTH + 1
 PROBE_OUTPUTS = 1 << 13  # at least this many outputs compared per prefix (more calls for small heads)
 
-# (query [H_kv, B, G, D], key / value [H_kv, B, W, D], mask [1, B, 1, W] or None): one call's inputs
+# (query [H_kv, B, G, D], key / value [H_kv, B, W, D], hidden [1, B, 1, W] or None): one call's inputs
 Inputs = tuple[Tensor, Tensor, Tensor, Tensor | None]
 
 
@@ -50,10 +50,11 @@ def padded(length: int, block: int) -> int:
     return -(-length // block) * block
 
 
-def _attend(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scaling: float,
+def _attend(query: Tensor, key: Tensor, value: Tensor, hidden: Tensor | None, scaling: float,
             softcap: float | None) -> tuple[Tensor, Tensor]:
-    """(output [H_kv, B, G, D] in value's dtype, scores [H_kv, B, G, W] fp32). mask: True = attend (bool) or
-    added to the scores (float). Every tensor is brought to one layout first: bmm's kernels depend on strides."""
+    """(output [H_kv, B, G, D] in value's dtype, scores [H_kv, B, G, W] fp32). hidden: True = a key the query
+    does not see (bool), or added to the scores (float). Every tensor is brought to one layout first: bmm's
+    kernels depend on strides too."""
     kv_heads, rows, groups, dim = query.shape
     width = key.shape[2]
     q = _float32(query).view(kv_heads * rows, groups, dim)
@@ -61,8 +62,8 @@ def _attend(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scal
     scores = torch.bmm(q, k.transpose(1, 2)).view(kv_heads, rows, groups, width).mul_(scaling)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    if mask is not None:
-        scores = scores.masked_fill_(~mask, float("-inf")) if mask.dtype == torch.bool else scores.add_(mask)
+    if hidden is not None:
+        scores = scores.masked_fill_(hidden, float("-inf")) if hidden.dtype == torch.bool else scores.add_(hidden)
     probs = torch.softmax(scores, dim=-1).to(value.dtype).view(kv_heads * rows, groups, width)
     out = torch.bmm(probs, value.contiguous().view(kv_heads * rows, width, dim))
     return out.view(kv_heads, rows, groups, dim), scores
@@ -85,16 +86,17 @@ def _decode_inputs(query: Tensor, key: Tensor, value: Tensor, attention_mask: Te
     width = padded(length, block)
     q = query[:, :, 0].reshape(batch, kv_heads, heads // kv_heads, dim).transpose(0, 1)  # [H_kv, B, G, D]
     k, v = key.transpose(0, 1), value.transpose(0, 1)  # [H_kv, B, L, D]: views for B = 1
-    mask = None if attention_mask is None else attention_mask[:, :, -1:].transpose(0, 1)  # [1, B, 1, L]
+    hidden = None
+    if attention_mask is not None:  # True = attend (bool), or additive (float)
+        mask = attention_mask[:, :, -1:].transpose(0, 1)  # [1, B, 1, L]
+        hidden = ~mask if mask.dtype == torch.bool else mask
     if width == length:
-        return q, k, v, mask
+        return q, k, v, hidden
     k, v = (nn.functional.pad(t, (0, 0, 0, width - length)) for t in (k, v))
-    own = torch.arange(width, device=key.device) < length  # [W]
-    if mask is None:
-        return q, k, v, own.view(1, 1, 1, width)
-    if mask.dtype == torch.bool:
-        return q, k, v, nn.functional.pad(mask, (0, width - length), value=False)
-    return q, k, v, nn.functional.pad(mask, (0, width - length), value=float("-inf"))
+    if hidden is None:
+        return q, k, v, (torch.arange(width, device=key.device) >= length).view(1, 1, 1, width)
+    fill = True if hidden.dtype == torch.bool else float("-inf")
+    return q, k, v, nn.functional.pad(hidden, (0, width - length), value=fill)
 
 
 def decode_attention(query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None, scaling: float,
@@ -111,7 +113,7 @@ class TreeKeys:
     """Where each tree node's keys sit in the cache, in the order a plain decode would have cached them."""
 
     index: Tensor  # [N * W] long, row-major [N, W]: cache entries of node i, then repeats of its last (padding)
-    mask: Tensor | None  # [1, N, 1, W] bool, True on a node's own keys; None: every row is full
+    hidden: Tensor | None  # [1, N, 1, W] bool, True on a row's padding; None: every row is full
     width: int  # W: the longest node's key count, padded to a multiple of the block
 
 
@@ -126,24 +128,25 @@ def tree_keys(prefix_len: int, depths: Tensor, ancestors: Tensor, window: int | 
     kept = lengths - starts  # [N]
     width = padded(int(kept.max()), block)
     step = starts[:, None] + torch.arange(width, device=device)[None]  # [N, W] position in decode order
-    step = torch.minimum(step, lengths[:, None] - 1)  # padding repeats the node's last key (masked below)
+    step = torch.minimum(step, lengths[:, None] - 1)  # padding repeats the node's last key (hidden below)
     nodes = torch.arange(n, device=device)
     path = torch.where(ancestors, nodes, n).sort(dim=1).values  # [N, N]: ancestors ascending, then n
     along = (step - prefix_len).clamp(0, n - 1)  # depth along the node's path
     index = torch.where(step < prefix_len, step, prefix_len + path.gather(1, along))
-    mask = None
+    hidden = None
     if bool((kept < width).any()):
-        mask = (torch.arange(width, device=device)[None] < kept[:, None]).view(1, n, 1, width)
-    return TreeKeys(index.flatten(), mask, width)
+        hidden = (torch.arange(width, device=device)[None] >= kept[:, None]).view(1, n, 1, width)
+    return TreeKeys(index.flatten(), hidden, width)
 
 
 def _tree_inputs(query: Tensor, key: Tensor, value: Tensor, keys: TreeKeys) -> Inputs:
     _, heads, n, dim = query.shape
     kv_heads = key.shape[1]
     q = query[0].reshape(kv_heads, heads // kv_heads, n, dim).transpose(1, 2)  # [H_kv, N, G, D]
-    k = key[0].index_select(1, keys.index).view(kv_heads, n, keys.width, dim)
+    # Keys in fp32 before the gather: one conversion of the cache's P + N entries, not of N * W gathered ones.
+    k = _float32(key[0]).index_select(1, keys.index).view(kv_heads, n, keys.width, dim)
     v = value[0].index_select(1, keys.index).view(kv_heads, n, keys.width, dim)
-    return q, k, v, keys.mask
+    return q, k, v, keys.hidden
 
 
 def tree_attention(query: Tensor, key: Tensor, value: Tensor, keys: TreeKeys, scaling: float,
@@ -193,8 +196,8 @@ def _block_is_invariant(heads: int, kv_heads: int, head_dim: int, dtype: torch.d
             lengths = prefix + 1 + torch.randint(0, PROBE_DEPTH + 1, (n,), generator=generator)
             width = padded(int(lengths.max()), block)
             index = torch.randint(0, size, (n, width), generator=generator).to(device)
-            mask = (torch.arange(width)[None] < lengths[:, None]).to(device).view(1, n, 1, width)
-            keys = TreeKeys(index.flatten(), mask, width)
+            hidden = (torch.arange(width)[None] >= lengths[:, None]).to(device).view(1, n, 1, width)
+            keys = TreeKeys(index.flatten(), hidden, width)
             out, scores = _attend(*_tree_inputs(query, key, value, keys), scaling, None)
             for node in range(n):
                 length = int(lengths[node])
