@@ -207,9 +207,9 @@ def _invariant_tree(query: Tensor, key: Tensor, value: Tensor, kwargs: dict, gen
     own = torch.arange(length)
     rows = [torch.cat([own, own[-1:].expand(width - length)])]
     rows += [torch.randint(0, length + 16, (width,), generator=generator) for _ in range(n - 1)]
-    hidden = torch.zeros(1, n, 1, width, dtype=torch.bool)
-    hidden[0, 0, 0, length:] = True
-    plan = TreeKeys(torch.stack(rows).flatten().to(key.device), hidden.to(key.device), width)
+    bias = torch.zeros(1, n, 1, width)
+    bias[0, 0, 0, length:] = float("-inf")
+    plan = TreeKeys(torch.stack(rows).flatten().to(key.device), bias.to(key.device), width)
     batched = tree_attention(queries, keys, values, plan, scale, kwargs.get("softcap"))[0, 0]
     return max_diff(batched, alone)
 

@@ -9,7 +9,7 @@ So under the batch-invariant mode a decoding step attends through ops whose resu
 on the rows beside it, and a tree verify runs all its nodes through the same ops in ONE call:
   - scores q.k in fp32 (bf16 inputs upcast: exact products, fp32 sums, as the flash kernel keeps them), one
     bmm over (kv head, node) with the query heads of a kv head as its rows (GQA without copying keys);
-  - softmax in fp32 over the node's keys, in decode order; keys that pad a row are masked (exp(-inf) = 0);
+  - softmax in fp32 over the node's keys, in decode order; keys that pad a row get -inf (exp(-inf) = 0);
   - the probabilities cast to the value dtype (as eager attention does), times the values in one bmm.
 Every call's key count is padded to a multiple of a block (zeros in a step, repeats in a tree; masked): the
 fp32 bmm gives a score the same bits in every call whose key count is such a multiple, but rounds the keys
@@ -27,12 +27,14 @@ scores and outputs bit for bit, and the mode uses this attention only where a bl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
 
 from .probe_cache import cached_probe, probe_key
 
+VERSION = 2  # of the ops below: a change to them must not reuse a cached probe of the old ones
 BLOCKS = (1, 2, 4, 8, 16, 32, 64)  # candidates for the key-count multiple every call is padded to
 # Probed prefix lengths: block edges of 16 / 64 / 512-wide kernels and the lengths between (prompts up to ~2k).
 PROBE_PREFIXES = (1, 2, 7, 15, 16, 17, 31, 33, 63, 64, 65, 100, 111, 127, 128, 129, 200, 255, 256, 257, 300,
@@ -41,8 +43,8 @@ PROBE_NODES = (2, 3, 5, 8, 13, 16, 32)  # tree sizes, cycled over the prefixes
 PROBE_DEPTH = 15  # nodes' lengths spread over prefix + 1 .. prefix + PROBE_DEPTH + 1
 PROBE_OUTPUTS = 1 << 13  # at least this many outputs compared per prefix (more calls for small heads)
 
-# (query [H_kv, B, G, D], key / value [H_kv, B, W, D], hidden [1, B, 1, W] or None): one call's inputs
-Inputs = tuple[Tensor, Tensor, Tensor, Tensor | None]
+# (query [H_kv, B, G, D], key / value [H_kv, B, W, D], bias [1, B, 1, W] fp32: 0 on a key, -inf where hidden)
+Inputs = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 def padded(length: int, block: int) -> int:
@@ -50,23 +52,23 @@ def padded(length: int, block: int) -> int:
     return -(-length // block) * block
 
 
-def _attend(query: Tensor, key: Tensor, value: Tensor, hidden: Tensor | None, scaling: float,
+def _attend(query: Tensor, key: Tensor, value: Tensor, bias: Tensor, scaling: float,
             softcap: float | None) -> tuple[Tensor, Tensor]:
-    """(output [H_kv, B, G, D] in value's dtype, scores [H_kv, B, G, W] fp32). hidden: True = a key the query
-    does not see (bool), or added to the scores (float). Every tensor is brought to one layout first: bmm's
-    kernels depend on strides too."""
+    """(output [H_kv, B, G, D] in value's dtype, scores [H_kv, B, G, W] fp32). The scores are one baddbmm
+    (q.k times scaling, plus the bias that hides keys) in every call, with or without hidden keys. Every
+    tensor is brought to one layout first: bmm's kernels depend on strides too."""
     kv_heads, rows, groups, dim = query.shape
     width = key.shape[2]
     q = _float32(query).view(kv_heads * rows, groups, dim)
-    k = _float32(key).view(kv_heads * rows, width, dim)
-    scores = torch.bmm(q, k.transpose(1, 2)).view(kv_heads, rows, groups, width).mul_(scaling)
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    if hidden is not None:
-        scores = scores.masked_fill_(hidden, float("-inf")) if hidden.dtype == torch.bool else scores.add_(hidden)
-    probs = torch.softmax(scores, dim=-1).to(value.dtype).view(kv_heads * rows, groups, width)
+    k = _float32(key).view(kv_heads * rows, width, dim).transpose(1, 2)
+    bias = bias.expand(kv_heads, rows, 1, width).reshape(kv_heads * rows, 1, width)
+    if softcap is None:
+        scores = torch.baddbmm(bias, q, k, alpha=scaling)
+    else:  # soft-capping comes before the hidden keys' -inf
+        scores = torch.tanh(torch.bmm(q, k).mul_(scaling / softcap)).mul_(softcap).add_(bias)
+    probs = torch.softmax(scores, dim=-1).to(value.dtype)
     out = torch.bmm(probs, value.contiguous().view(kv_heads * rows, width, dim))
-    return out.view(kv_heads, rows, groups, dim), scores
+    return out.view(kv_heads, rows, groups, dim), scores.view(kv_heads, rows, groups, width)
 
 
 def _float32(tensor: Tensor) -> Tensor:
@@ -76,27 +78,31 @@ def _float32(tensor: Tensor) -> Tensor:
     return tensor.to(torch.float32, memory_format=torch.contiguous_format)
 
 
+@lru_cache(maxsize=256)
+def _step_bias(length: int, width: int, device: torch.device) -> Tensor:
+    """[1, 1, 1, W] fp32: 0 on a step's `length` keys, -inf on the padding (a step's length recurs per layer)."""
+    bias = torch.zeros(1, 1, 1, width, device=device)
+    bias[..., length:] = float("-inf")
+    return bias
+
+
 def _decode_inputs(query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
                    block: int) -> Inputs:
     """A step's query [B, H, 1, D] over the cache's key / value [B, H_kv, L, D], the keys padded (zeros,
-    masked) to a multiple of `block`: the kernels give a score the same bits in every call whose key count
+    hidden) to a multiple of `block`: the kernels give a score the same bits in every call whose key count
     is such a multiple, whatever it is (the probe checks), while a partial block rounds differently."""
     batch, heads, _, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     width = padded(length, block)
     q = query[:, :, 0].reshape(batch, kv_heads, heads // kv_heads, dim).transpose(0, 1)  # [H_kv, B, G, D]
     k, v = key.transpose(0, 1), value.transpose(0, 1)  # [H_kv, B, L, D]: views for B = 1
-    hidden = None
-    if attention_mask is not None:  # True = attend (bool), or additive (float)
-        mask = attention_mask[:, :, -1:].transpose(0, 1)  # [1, B, 1, L]
-        hidden = ~mask if mask.dtype == torch.bool else mask
-    if width == length:
-        return q, k, v, hidden
-    k, v = (nn.functional.pad(t, (0, 0, 0, width - length)) for t in (k, v))
-    if hidden is None:
-        return q, k, v, (torch.arange(width, device=key.device) >= length).view(1, 1, 1, width)
-    fill = True if hidden.dtype == torch.bool else float("-inf")
-    return q, k, v, nn.functional.pad(hidden, (0, width - length), value=fill)
+    if width > length:
+        k, v = (nn.functional.pad(t, (0, 0, 0, width - length)) for t in (k, v))
+    if attention_mask is None:
+        return q, k, v, _step_bias(length, width, key.device)
+    mask = attention_mask[:, :, -1:].transpose(0, 1)  # [1, B, 1, L]: True = attend (bool), or additive (float)
+    bias = torch.where(mask, 0.0, float("-inf")) if mask.dtype == torch.bool else mask.float()
+    return q, k, v, nn.functional.pad(bias, (0, width - length), value=float("-inf"))
 
 
 def decode_attention(query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None, scaling: float,
@@ -113,7 +119,7 @@ class TreeKeys:
     """Where each tree node's keys sit in the cache, in the order a plain decode would have cached them."""
 
     index: Tensor  # [N * W] long, row-major [N, W]: cache entries of node i, then repeats of its last (padding)
-    hidden: Tensor | None  # [1, N, 1, W] bool, True on a row's padding; None: every row is full
+    bias: Tensor  # [1, N, 1, W] fp32: 0 on a node's own keys, -inf on its row's padding
     width: int  # W: the longest node's key count, padded to a multiple of the block
 
 
@@ -133,10 +139,9 @@ def tree_keys(prefix_len: int, depths: Tensor, ancestors: Tensor, window: int | 
     path = torch.where(ancestors, nodes, n).sort(dim=1).values  # [N, N]: ancestors ascending, then n
     along = (step - prefix_len).clamp(0, n - 1)  # depth along the node's path
     index = torch.where(step < prefix_len, step, prefix_len + path.gather(1, along))
-    hidden = None
-    if bool((kept < width).any()):
-        hidden = (torch.arange(width, device=device)[None] >= kept[:, None]).view(1, n, 1, width)
-    return TreeKeys(index.flatten(), hidden, width)
+    bias = torch.zeros(n, width, device=device).masked_fill_(torch.arange(width, device=device) >= kept[:, None],
+                                                              float("-inf"))
+    return TreeKeys(index.flatten(), bias.view(1, n, 1, width), width)
 
 
 def _tree_inputs(query: Tensor, key: Tensor, value: Tensor, keys: TreeKeys) -> Inputs:
@@ -146,7 +151,7 @@ def _tree_inputs(query: Tensor, key: Tensor, value: Tensor, keys: TreeKeys) -> I
     # Keys in fp32 before the gather: one conversion of the cache's P + N entries, not of N * W gathered ones.
     k = _float32(key[0]).index_select(1, keys.index).view(kv_heads, n, keys.width, dim)
     v = value[0].index_select(1, keys.index).view(kv_heads, n, keys.width, dim)
-    return q, k, v, keys.hidden
+    return q, k, v, keys.bias
 
 
 def tree_attention(query: Tensor, key: Tensor, value: Tensor, keys: TreeKeys, scaling: float,
@@ -163,7 +168,7 @@ def attention_block(heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype
                     device: torch.device | str = "cpu") -> int | None:
     """probe_attention, once per machine and head shape ($DREAM_CACHE/invariance.json)."""
     device = torch.device(device)
-    key = probe_key("attention block", device.type, dtype, heads, kv_heads, head_dim)
+    key = probe_key(f"attention block v{VERSION}", device.type, dtype, heads, kv_heads, head_dim)
     return cached_probe(key, lambda: probe_attention(heads, kv_heads, head_dim, dtype, device))
 
 
@@ -196,8 +201,8 @@ def _block_is_invariant(heads: int, kv_heads: int, head_dim: int, dtype: torch.d
             lengths = prefix + 1 + torch.randint(0, PROBE_DEPTH + 1, (n,), generator=generator)
             width = padded(int(lengths.max()), block)
             index = torch.randint(0, size, (n, width), generator=generator).to(device)
-            hidden = (torch.arange(width)[None] >= lengths[:, None]).to(device).view(1, n, 1, width)
-            keys = TreeKeys(index.flatten(), hidden, width)
+            bias = torch.zeros(n, width).masked_fill_(torch.arange(width) >= lengths[:, None], float("-inf"))
+            keys = TreeKeys(index.flatten(), bias.to(device).view(1, n, 1, width), width)
             out, scores = _attend(*_tree_inputs(query, key, value, keys), scaling, None)
             for node in range(n):
                 length = int(lengths[node])
