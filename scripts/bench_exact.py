@@ -25,6 +25,7 @@ from dream.draft import DraftProposer, load_draft
 from dream.engine import generate
 from dream.methods import CPU_TREE
 from dream.target import VERIFY_MODES, VerifyMode
+from dream.target.invariance import BatchInvariance
 from dream.target.loading import load_target, resolve_target_path
 
 Run = Callable[[object], tuple[list[int], float]]  # inputs -> (tokens, tau)
@@ -44,6 +45,7 @@ def main() -> None:
     path = resolve_target_path(args.target)
     target = load_target(path, "bf16", "cpu")
     stock = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.bfloat16).eval()
+    BatchInvariance(stock, "on" if target.invariance.enabled else "off")  # the reference: the same numerics
     draft = load_draft(args.draft, target, dtype=torch.bfloat16).draft
     budget = args.max_new_tokens
 
