@@ -34,11 +34,11 @@ from torch import Tensor, nn
 
 from .probe_cache import cached_probe, probe_key
 
-VERSION = 2  # of the ops below: a change to them must not reuse a cached probe of the old ones
+VERSION = 3  # of the ops and the probe below: a change must not reuse a cached probe of the old ones
 BLOCKS = (1, 2, 4, 8, 16, 32, 64)  # candidates for the key-count multiple every call is padded to
-# Probed prefix lengths: block edges of 16 / 64 / 512-wide kernels and the lengths between (prompts up to ~2k).
+# Probed prefix lengths: block edges of 16 / 64 / 512 / 4096-wide kernels and lengths between, to 8k contexts.
 PROBE_PREFIXES = (1, 2, 7, 15, 16, 17, 31, 33, 63, 64, 65, 100, 111, 127, 128, 129, 200, 255, 256, 257, 300,
-                  511, 512, 513, 777, 1023, 1024, 1025, 1500, 2047)
+                  511, 512, 513, 777, 1023, 1024, 1025, 1500, 2047, 3000, 4095, 4097, 8191)
 PROBE_NODES = (2, 3, 5, 8, 13, 16, 32)  # tree sizes, cycled over the prefixes
 PROBE_DEPTH = 15  # nodes' lengths spread over prefix + 1 .. prefix + PROBE_DEPTH + 1
 PROBE_OUTPUTS = 1 << 13  # at least this many outputs compared per prefix (more calls for small heads)
