@@ -55,8 +55,10 @@ class TargetAdapter:
     masks and on-the-fly statistics); it stays usable as a plain model, with the same outputs.
 
     `batch_invariant` ("auto" | "on" | "off", default "auto") probes the language model's linear layers and
-    pads the calls whose row count takes another kernel (dream.target.invariance), so a row's logits never
-    depend on the rows fed with it; "auto" does so where that makes a decoding step at most 5 % slower.
+    pads the calls whose row count takes another kernel (dream.target.invariance), and switches decoding steps
+    to a batch-invariant attention that a verify runs for all nodes in one call per layer, where its probe
+    passes, so a row's logits never depend on the rows fed with it; "auto" does so where that makes a
+    decoding step at most 5 % slower.
     `invariance` reports what the probe found. Applied to the model itself: its own generate() runs under the
     same numerics.
 
