@@ -10,7 +10,8 @@ on the rows beside it, and a tree verify runs all its nodes through the same ops
   - scores q.k in fp32 (bf16 inputs upcast: exact products, fp32 sums, as the flash kernel keeps them), one
     bmm over (kv head, node) with the query heads of a kv head as its rows (GQA without copying keys);
   - softmax in fp32 over the node's keys, in decode order; keys that pad a row get -inf (exp(-inf) = 0);
-  - the probabilities cast to the value dtype (as eager attention does), times the values in one bmm.
+  - the fp32 probabilities times the values (upcast) in one bmm, the output rounded to the model's dtype
+    once, at the end (the probe compares it before that rounding, which hides order differences).
 Every call's key count is padded to a multiple of a block (zeros in a step, repeats in a tree; masked): the
 fp32 bmm gives a score the same bits in every call whose key count is such a multiple, but rounds the keys
 of a partial block differently for each count (seen at 16 on the EPYC), and the scores' low bits reach the
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 
 from .probe_cache import cached_probe, probe_key
 
-VERSION = 3  # of the ops and the probe below: a change must not reuse a cached probe of the old ones
+VERSION = 5  # of the ops and the probe below: a change must not reuse a cached probe of the old ones
 BLOCKS = (1, 2, 4, 8, 16, 32, 64)  # candidates for the key-count multiple every call is padded to
 # Probed prefix lengths: block edges of 16 / 64 / 512 / 4096-wide kernels and lengths between, to 8k contexts.
 PROBE_PREFIXES = (1, 2, 7, 15, 16, 17, 31, 33, 63, 64, 65, 100, 111, 127, 128, 129, 200, 255, 256, 257, 300,
@@ -43,7 +44,8 @@ PROBE_NODES = (2, 3, 5, 8, 13, 16, 32)  # tree sizes, cycled over the prefixes
 PROBE_DEPTH = 15  # nodes' lengths spread over prefix + 1 .. prefix + PROBE_DEPTH + 1
 PROBE_OUTPUTS = 1 << 13  # at least this many outputs compared per prefix (more calls for small heads)
 
-# (query [H_kv, B, G, D], key / value [H_kv, B, W, D], bias [1, B, 1, W] fp32: 0 on a key, -inf where hidden)
+# (query [H_kv, B, G, D], key [H_kv, B, W, D], value [H_kv, B, W or fewer, D], bias [1, B, 1, W] fp32: 0 on a
+#  key, -inf where hidden)
 Inputs = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
@@ -54,9 +56,10 @@ def padded(length: int, block: int) -> int:
 
 def _attend(query: Tensor, key: Tensor, value: Tensor, bias: Tensor, scaling: float,
             softcap: float | None) -> tuple[Tensor, Tensor]:
-    """(output [H_kv, B, G, D] in value's dtype, scores [H_kv, B, G, W] fp32). The scores are one baddbmm
-    (q.k times scaling, plus the bias that hides keys) in every call, with or without hidden keys. Every
-    tensor is brought to one layout first: bmm's kernels depend on strides too."""
+    """(output [H_kv, B, G, D], scores [H_kv, B, G, W]), both fp32: the caller rounds the output to the model's
+    dtype, the probe compares it before that rounding (which hides most accumulation-order differences).
+    The scores are one baddbmm (q.k times scaling, plus the bias that hides keys) in every call, with or
+    without hidden keys. Every tensor is brought to one layout first: bmm's kernels depend on strides too."""
     kv_heads, rows, groups, dim = query.shape
     width = key.shape[2]
     q = _float32(query).view(kv_heads * rows, groups, dim)
@@ -66,8 +69,10 @@ def _attend(query: Tensor, key: Tensor, value: Tensor, bias: Tensor, scaling: fl
         scores = torch.baddbmm(bias, q, k, alpha=scaling)
     else:  # soft-capping comes before the hidden keys' -inf
         scores = torch.tanh(torch.bmm(q, k).mul_(scaling / softcap)).mul_(softcap).add_(bias)
-    probs = torch.softmax(scores, dim=-1).to(value.dtype)
-    out = torch.bmm(probs, value.contiguous().view(kv_heads * rows, width, dim))
+    probs = torch.softmax(scores, dim=-1)
+    kept = value.shape[2]  # a step's values are not padded: the padding's probabilities are 0 anyway
+    values = _float32(value).view(kv_heads * rows, kept, dim)
+    out = torch.bmm(probs if kept == width else probs[:, :, :kept], values)
     return out.view(kv_heads, rows, groups, dim), scores.view(kv_heads, rows, groups, width)
 
 
@@ -89,15 +94,17 @@ def _step_bias(length: int, width: int, device: torch.device) -> Tensor:
 def _decode_inputs(query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
                    block: int) -> Inputs:
     """A step's query [B, H, 1, D] over the cache's key / value [B, H_kv, L, D], the keys padded (zeros,
-    hidden) to a multiple of `block`: the kernels give a score the same bits in every call whose key count
-    is such a multiple, whatever it is (the probe checks), while a partial block rounds differently."""
+    hidden) to a multiple of `block`: the kernels give a score and a softmax row the same bits in every call
+    whose key count is such a multiple, whatever it is (the probe checks), while a partial block rounds
+    differently. The values stay L: their bmm sums zero-probability padding exactly in a tree (the probe
+    checks that too)."""
     batch, heads, _, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     width = padded(length, block)
     q = query[:, :, 0].reshape(batch, kv_heads, heads // kv_heads, dim).transpose(0, 1)  # [H_kv, B, G, D]
     k, v = key.transpose(0, 1), value.transpose(0, 1)  # [H_kv, B, L, D]: views for B = 1
-    if width > length:
-        k, v = (nn.functional.pad(t, (0, 0, 0, width - length)) for t in (k, v))
+    if width > length:  # only the keys: the scores need the block, the padding's probabilities are 0
+        k = nn.functional.pad(k, (0, 0, 0, width - length))
     if attention_mask is None:
         return q, k, v, _step_bias(length, width, key.device)
     mask = attention_mask[:, :, -1:].transpose(0, 1)  # [1, B, 1, L]: True = attend (bool), or additive (float)
@@ -111,7 +118,7 @@ def decode_attention(query: Tensor, key: Tensor, value: Tensor, attention_mask: 
     None or [B, 1, 1, L] from the stock mask builder. Returns [B, 1, H, D], like transformers' attention."""
     batch, heads, _, dim = query.shape
     out, _ = _attend(*_decode_inputs(query, key, value, attention_mask, block), scaling, softcap)
-    return out.transpose(0, 1).reshape(batch, 1, heads, dim)
+    return out.transpose(0, 1).to(query.dtype, memory_format=torch.contiguous_format).view(batch, 1, heads, dim)
 
 
 @dataclass(frozen=True)
@@ -148,9 +155,9 @@ def _tree_inputs(query: Tensor, key: Tensor, value: Tensor, keys: TreeKeys) -> I
     _, heads, n, dim = query.shape
     kv_heads = key.shape[1]
     q = query[0].reshape(kv_heads, heads // kv_heads, n, dim).transpose(1, 2)  # [H_kv, N, G, D]
-    # Keys in fp32 before the gather: one conversion of the cache's P + N entries, not of N * W gathered ones.
+    # fp32 before the gather: one conversion of the cache's P + N entries, not of N * W gathered ones.
     k = _float32(key[0]).index_select(1, keys.index).view(kv_heads, n, keys.width, dim)
-    v = value[0].index_select(1, keys.index).view(kv_heads, n, keys.width, dim)
+    v = _float32(value[0]).index_select(1, keys.index).view(kv_heads, n, keys.width, dim)
     return q, k, v, keys.bias
 
 
@@ -160,7 +167,7 @@ def tree_attention(query: Tensor, key: Tensor, value: Tensor, keys: TreeKeys, sc
     step's update). Returns [1, N, H, D]."""
     _, heads, n, dim = query.shape
     out, _ = _attend(*_tree_inputs(query, key, value, keys), scaling, softcap)  # [H_kv, N, G, D]
-    return out.transpose(0, 1).reshape(1, n, heads, dim)
+    return out.transpose(0, 1).to(query.dtype, memory_format=torch.contiguous_format).view(1, n, heads, dim)
 
 
 # ---- the probe --------------------------------------------------------------------------------------------------
