@@ -1,4 +1,4 @@
-"""Exact tree attention: every tree node attends the way a one-token decoding step would attend for it.
+"""Exact tree attention under sdpa: every tree node attends the way a one-token decoding step would for it.
 
 Why (docs/exactness.md): in bf16 on a CPU, sdpa's result for one query depends on what else the call holds.
 The same query over L keys differs (up to ~1e-3) from that query over L + 11 keys with the 11 masked, and a
@@ -10,7 +10,10 @@ row the same result whatever rows come with it, so fixing attention makes the wh
 Here the nodes of equal depth, which see equally many keys, form one batch: batch row b is node b's single
 query over its visible keys, in the order a plain decode would have cached them (prefix, ancestors by depth,
 itself), through transformers' own sdpa forward with the mask a one-token step gets from the stock mask
-builder: None, except an all-True mask over a full sliding window (Gemma3's sliding layers).
+builder: None, except an all-True mask over a full sliding window (Gemma3's sliding layers). That costs one
+flash-attention unit per node and head (the kernel's own loop), so where the batch-invariant mode's
+attention runs decoding steps instead, its tree form takes over (invariant_attention.py): all nodes in one
+call per layer.
 """
 
 from __future__ import annotations
