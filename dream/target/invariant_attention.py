@@ -185,8 +185,9 @@ def probe_attention(heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype
     """The smallest block (key counts padded to a multiple of it) for which every node of a batched call (keys
     gathered from a cache, rows padded to the longest node and masked) gets the scores and the output, bit for
     bit, of the node's own decoding step over its keys alone, for every probed prefix length and tree size;
-    None: no candidate. Random keys and values; a node's keys are random cache entries. The fp32 scores are
-    compared too: a difference there reaches the output only now and then, through bf16 rounding."""
+    None: no candidate. Random keys and values; a node's keys are random cache entries. Scores and outputs
+    are compared in fp32, before the output's rounding to the model's dtype, which would hide most
+    accumulation-order differences (they reach about 2 bf16 outputs in 10^4)."""
     return next((block for block in blocks if _block_is_invariant(heads, kv_heads, head_dim, dtype, device, block)),
                 None)
 
