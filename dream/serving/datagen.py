@@ -31,16 +31,16 @@ from tqdm import tqdm
 from dream.serving.engine import VLLM_DTYPES, EngineConfig, build_llm, close_llm
 from dream.target import TargetAdapter
 from dream.target.loading import resolve_target_path
-from dream.training.data import Answer, Conversation, load_images, prompt_inputs
+from dream.training.data import Answer, Conversation, prompt_inputs
 from dream.training.datagen import (
     ANSWERS_DIR,
     DatagenConfig,
     answers_name,
+    load_conversations,
     pending_shards,
     skip_record,
 )
-
-Loaded = list[tuple[Conversation, list[Image.Image]]]
+from dream.training.hf_answers import strip_eos
 
 
 def write_vllm_answers(cfg: DatagenConfig, target: TargetAdapter, key: str, shards: list[list[Conversation]], *,
@@ -69,13 +69,7 @@ def write_vllm_answers(cfg: DatagenConfig, target: TargetAdapter, key: str, shar
 def _shard_answers(llm: Any, target: TargetAdapter, conversations: list[Conversation],
                    cfg: DatagenConfig) -> dict[str, Any]:
     skipped: list[dict[str, Any]] = []
-    loaded: Loaded = []
-    for conversation in conversations:
-        images = load_images(conversation, cfg.image_folder)
-        if isinstance(images, str):
-            skipped.append(skip_record(conversation, images))
-        else:
-            loaded.append((conversation, images))
+    loaded = load_conversations(conversations, cfg.image_folder, skipped)
     answers: dict[int, list[Answer]] = {c.index: [] for c, _ in loaded}
     unfinished = 0
     for turn in range(max((len(c.turns) for c, _ in loaded), default=0)):
@@ -93,9 +87,9 @@ def _shard_answers(llm: Any, target: TargetAdapter, conversations: list[Conversa
                 del answers[conversation.index]
                 continue
             tokens = list(output.outputs[0].token_ids)
-            finished = bool(tokens) and tokens[-1] in target.eos_token_ids
+            answer, finished = strip_eos(tokens, target.eos_token_ids)
             unfinished += not finished
-            answers[conversation.index].append(tokens[:-1] if finished else tokens)
+            answers[conversation.index].append(answer)
     return {"answers": {str(i): a for i, a in answers.items()}, "skipped": skipped, "unfinished": unfinished}
 
 

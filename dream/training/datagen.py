@@ -211,13 +211,7 @@ def _make_shard(target: TargetAdapter, conversations: list[Conversation], path: 
     try:
         for i in range(0, len(conversations), cfg.batch_size):
             batch = conversations[i: i + cfg.batch_size]
-            loaded: list[tuple[Conversation, list[Image.Image]]] = []
-            for conversation in batch:
-                images = load_images(conversation, cfg.image_folder)
-                if isinstance(images, str):
-                    skipped.append(skip_record(conversation, images))
-                else:
-                    loaded.append((conversation, images))
+            loaded = load_conversations(batch, cfg.image_folder, skipped)
             if cfg.keep_answers:
                 answers = {c.index: [turn.answer for turn in c.turns] for c, _ in loaded}
             elif made is not None:
@@ -251,6 +245,19 @@ def _make_shard(target: TargetAdapter, conversations: list[Conversation], path: 
 
 def skip_record(conversation: Conversation, reason: str) -> dict[str, Any]:
     return {"index": conversation.index, "id": conversation.id, "reason": reason}
+
+
+def load_conversations(conversations: list[Conversation], image_folder: str,
+                       skipped: list[dict[str, Any]]) -> list[tuple[Conversation, list[Image.Image]]]:
+    """The conversations whose images load, with them; the others are added to `skipped` with the reason."""
+    loaded = []
+    for conversation in conversations:
+        images = load_images(conversation, image_folder)
+        if isinstance(images, str):
+            skipped.append(skip_record(conversation, images))
+        else:
+            loaded.append((conversation, images))
+    return loaded
 
 
 def _read_answers(shard: Path, key: str) -> dict[str, Any]:

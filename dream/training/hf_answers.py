@@ -50,9 +50,9 @@ def regenerate(target: TargetAdapter, loaded: list[tuple[Conversation, list[Imag
         for group in _compatible_groups(prompts):
             generated = generate_batch(target, [inputs for _, inputs in group], max_new_tokens)
             for (conversation, _), tokens in zip(group, generated):
-                finished = bool(tokens) and tokens[-1] in target.eos_token_ids
+                answer, finished = strip_eos(tokens, target.eos_token_ids)
                 unfinished += not finished
-                answers[conversation.index].append(tokens[:-1] if finished else tokens)
+                answers[conversation.index].append(answer)
     return answers, unfinished
 
 
@@ -108,3 +108,9 @@ def generate_batch(target: TargetAdapter, prompts: list[TargetInputs], max_new_t
         stop = next((i for i, token in enumerate(row) if token in target.eos_token_ids), len(row) - 1)
         results.append(row[: stop + 1])
     return results
+
+
+def strip_eos(tokens: list[int], eos_token_ids: set[int]) -> tuple[list[int], bool]:
+    """A generated answer without its final EOS, and whether it had one (False: it hit the token limit)."""
+    finished = bool(tokens) and tokens[-1] in eos_token_ids
+    return (tokens[:-1] if finished else tokens), finished
