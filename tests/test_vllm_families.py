@@ -41,7 +41,7 @@ from dream.engine import generate  # noqa: E402
 from dream.serving.engine import EngineConfig, build_llm, chat_messages, close_llm, spec_counters  # noqa: E402
 from dream.target import TargetAdapter  # noqa: E402
 
-FAMILIES = ("gemma3", "llava", "llava_next", "idefics3")
+FAMILIES = ("gemma3", "llava", "llava_next", "idefics3", "pixtral", "smolvlm", "qwen2_vl", "qwen2_5_vl")
 PROMPTS = (("Describe it.", tiny_image(0, (48, 32))), ("What is in the picture?", tiny_image(1, (32, 40))))
 MAX_TOKENS = 24
 _SLIDING, _FULL = "sliding_attention", "full_attention"
@@ -60,9 +60,14 @@ TARGET_CONFIG = {"gemma3": dict(head_dim=32, layer_types=[_SLIDING, _SLIDING, _F
                               mm_tokens_per_image=1),
                  "llava": dict(head_dim=32),
                  "llava_next": dict(head_dim=32, num_hidden_layers=4),
-                 "idefics3": dict(head_dim=32, num_hidden_layers=8)}
+                 "idefics3": dict(head_dim=32, num_hidden_layers=8),
+                 "pixtral": dict(head_dim=32),
+                 "smolvlm": dict(head_dim=32),
+                 # transformers' Qwen text attention takes hidden_size / heads as its head size
+                 "qwen2_vl": dict(head_dim=32, num_attention_heads=2, num_key_value_heads=1),
+                 "qwen2_5_vl": dict(head_dim=32, num_attention_heads=2, num_key_value_heads=1)}
 DRAFTS = ("dream", "eagle2", "eagle3")
-EAGLE3_FAMILIES = ("gemma3", "llava_next", "idefics3")
+EAGLE3_FAMILIES = ("gemma3", "llava_next", "idefics3", "qwen2_5_vl")
 RUNS = [(family, method) for family in FAMILIES for method in DRAFTS
         if method != "eagle3" or family in EAGLE3_FAMILIES]
 
@@ -172,7 +177,9 @@ def test_vllm_draft_forward_equals_the_harness_draft(families, runs, family, met
     # The memory stream of verified positions: the target's post-norm final features, or for EAGLE-3 its
     # aux layer states fused by fc (the target's capture and the draft's combine_hidden_states).
     torch.testing.assert_close(prefill["hidden_states"], _target_memory(draft, reference), atol=1e-4, rtol=1e-4)
-    positions = prefill["positions"] + 1
+    # The harness's positions, each row's index in the sequence (vLLM passes an M-RoPE target's drafts the
+    # temporal row of its positions; the draft must compute with the index all the same).
+    positions = torch.arange(1, prefill["inputs_embeds"].shape[0] + 1)
     check_draft_rows(draft, prefill, positions)
     check_speculative_steps(draft, prefill, records[1:3], positions)
 

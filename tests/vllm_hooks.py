@@ -52,7 +52,7 @@ def check_speculative_steps(draft: Any, prefill: dict[str, torch.Tensor], steps:
         assert step["hidden_states"].shape[0] == 1 and torch.equal(step["hidden_states"][0], previous)
         embeds = torch.cat([embeds, step["inputs_embeds"]])
         memory = torch.cat([memory, step["hidden_states"]])
-        positions = torch.cat([positions, step["positions"] + 1])
+        positions = torch.cat([positions, positions[-1:] + 1])
         features, feedback = harness_forward(draft, embeds, memory, positions)
         torch.testing.assert_close(step["out"][-1], features[-1], atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(step["feedback"][-1], feedback[-1], atol=1e-4, rtol=1e-5)

@@ -8,6 +8,10 @@ and writes as the harness's (dream.draft.base):
   (the proposer passes them to drafts that declare `SupportsMultiModalEmbeddings`); Gemma's text models
   scale token embeddings by sqrt(hidden_size), and the shared table does not carry the scale, so it is
   applied here as the target applies it;
+- positions: each token's index in its sequence, as in training. For an M-RoPE target (Qwen2-VL / 2.5-VL)
+  vLLM hands a Llama-style draft the first (temporal) row of the target's 3-row positions, which stands still
+  over an image and is shifted after it; the index is recomputed from the attention metadata instead, and
+  written back where the proposer derives the next steps' positions and KV-cache slots (`draft_positions`);
 - head: the `vocab_map` rows of the target's head (the reduced draft vocabulary), scattered back to target
   ids, -inf elsewhere and at the image token (never proposed, as in the harness); Gemma's final logit
   softcap as the target's head applies it.
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 from vllm.config import VllmConfig
 from vllm.distributed import get_tensor_model_parallel_world_size
+from vllm.forward_context import get_forward_context, is_forward_context_available
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.models.utils import _merge_multimodal_embeddings
 
@@ -65,6 +70,31 @@ class TargetSharedIO:
         self.embed_scale: float | None = (text_config.hidden_size**0.5
                                           if text_config.model_type in SCALED_EMBEDDING_TYPES else None)
         self.logit_softcap: float | None = getattr(text_config, "final_logit_softcapping", None)
+        self.sequence_positions: bool = vllm_config.model_config.uses_mrope
+
+    def draft_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """[T] the positions vLLM passes -> each token's index in its sequence, where the target uses M-RoPE.
+
+        Read from the draft layers' attention metadata, which every backend's has: token j of request r's
+        query sits at seq_lens[r] - query_len[r] + j. Written IN PLACE: `positions` is the proposer's buffer,
+        from which it derives the next speculative step's positions and the KV-cache slot each step writes;
+        left at the temporal row, step k would write its keys at slot temporal + k, over an earlier token's
+        (3 rows back in the tiny Qwen2.5-VL test). Padding rows keep theirs;
+        without metadata (profiling and dummy runs) positions pass through. No host sync (graph-safe)."""
+        if not self.sequence_positions or not is_forward_context_available():
+            return positions
+        metadata = get_forward_context().attn_metadata
+        if not isinstance(metadata, dict) or not metadata:
+            return positions
+        layer = next(iter(metadata.values()))
+        starts = layer.query_start_loc.to(positions.device, torch.long)
+        num_requests = starts.shape[0] - 1
+        context_lens = layer.seq_lens.to(positions.device, torch.long)[:num_requests] - (starts[1:] - starts[:-1])
+        rows = torch.arange(positions.shape[0], device=positions.device)
+        request = torch.searchsorted(starts[1:].contiguous(), rows, right=True).clamp(max=num_requests - 1)
+        index = rows - starts[request] + context_lens[request]
+        positions.copy_(torch.where(rows < starts[-1], index, positions))
+        return positions
 
     def embed_input_ids(
         self,

@@ -229,7 +229,7 @@ class EagleDreamDraft(TargetSharedIO, nn.Module, SupportsMultiModalEmbeddings):
         if inputs_embeds is None:
             assert input_ids is not None
             inputs_embeds = self.embed_input_ids(input_ids)
-        features = self.model(inputs_embeds, positions, hidden_states)
+        features = self.model(inputs_embeds, self.draft_positions(positions), hidden_states)
         return features, features
 
     # ---- weights -----------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ class Eagle3DreamDraft(TargetSharedIO, Eagle3LlamaForCausalLM, SupportsMultiModa
         if inputs_embeds is None:
             assert input_ids is not None
             inputs_embeds = self.embed_input_ids(input_ids)      # scaled as the target's (Gemma)
-        return self.model(input_ids, positions, hidden_states, inputs_embeds)
+        return self.model(input_ids, self.draft_positions(positions), hidden_states, inputs_embeds)
 
     def combine_hidden_states(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """[T, k * H]: the k distinct aux states vLLM captured, ascending -> fc([low ; mid ; high]) [T, H]."""

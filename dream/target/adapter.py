@@ -25,7 +25,7 @@ from transformers import (
 from .attention import (ATTENTION_NAME, VERIFY_MODES, AttentionObserver, StatsRecorder, VerifyMode, recording,
                         register_dream_attention, tree_verify)
 from .cache import TargetCache, keep_tree_entries
-from .families import Family, family_of
+from .families import IMAGE_BACKEND, Family, family_of
 from .identity import target_fingerprint
 from .inputs import InputBuilder, TargetInputs, processor_chat_template
 from .invariance import BatchInvariance, InvarianceReport
@@ -142,7 +142,7 @@ class TargetAdapter:
         expander = family_of(model.config).expander
         given = processor if isinstance(processor, ProcessorMixin) else None
         if expander == "stock":
-            processor = given or AutoProcessor.from_pretrained(path)
+            processor = given or AutoProcessor.from_pretrained(path, backend=IMAGE_BACKEND)
             return cls(model, processor.tokenizer, processor, verify_mode=verify_mode,
                        batch_invariant=batch_invariant)
         tokenizer = given.tokenizer if given else processor
@@ -151,7 +151,8 @@ class TargetAdapter:
             tokenizer.chat_template = processor_chat_template(path)
         image_processor = None
         if expander is not None:
-            image_processor = given.image_processor if given else AutoImageProcessor.from_pretrained(path)
+            image_processor = given.image_processor if given else AutoImageProcessor.from_pretrained(
+                path, backend=IMAGE_BACKEND)
         return cls(model, tokenizer, image_processor, verify_mode=verify_mode, batch_invariant=batch_invariant)
 
     def build_inputs(self, prompt: str | list[dict], images: Sequence[Image.Image] = (), *,

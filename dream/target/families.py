@@ -32,6 +32,10 @@ FAMILIES: dict[str, Family] = {
     "qwen2_vl": Family("qwen2_vl", **_QWEN),
     "qwen2_5_vl": Family("qwen2_5_vl", **_QWEN),
 }
+# Images go through transformers' PIL image processors, whether torchvision is installed or not (with it,
+# transformers would default to its torchvision ones, whose resizing rounds differently): one pixel pipeline
+# for the harness, datagen and vLLM (dream.serving.targets), so drafts see at inference what they trained on.
+IMAGE_BACKEND = "pil"
 TEXT_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 
 
