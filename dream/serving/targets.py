@@ -67,7 +67,9 @@ class _PilImagesContext(InputProcessingContext):
 
     def get_hf_processor(self, typ: Any = None, /, **kwargs: object) -> Any:
         processor = super().get_hf_processor(typ, **kwargs) if typ is not None else super().get_hf_processor(**kwargs)
-        if isinstance(processor, ProcessorMixin) and not isinstance(processor.image_processor, PilBackend):
+        image_processor = getattr(processor, "image_processor", None)
+        if isinstance(processor, ProcessorMixin) and image_processor is not None \
+                and not isinstance(image_processor, PilBackend):
             # The processor is vLLM's cached one: replaced once, then found in place.
             config = self.model_config
             processor.image_processor = AutoImageProcessor.from_pretrained(
