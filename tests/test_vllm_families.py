@@ -1,9 +1,9 @@
-"""The vLLM plugin on tiny targets of each VLM family vLLM can build here: Gemma3, LLaVA, LLaVA-NeXT and
-Idefics3 (test_vllm_engine covers Idefics3 on the real smolvlm-135m too), fp32, with images (skipped without
-vLLM, failed under CI=true).
+"""The vLLM plugin on tiny targets of every VLM family the harness supports: Gemma3, LLaVA, LLaVA-NeXT,
+Idefics3, Pixtral, SmolVLM, Qwen2-VL and Qwen2.5-VL (test_vllm_engine covers Idefics3 on the real
+smolvlm-135m too), fp32, with images (skipped without vLLM, failed under CI=true).
 
 Per family: a tiny stock checkpoint (tests/fixtures.py, sizes adjusted for vLLM: TARGET_CONFIG), a DREAM, an
-EAGLE-2 and (but for LLaVA) an EAGLE-3 draft trained on the target's own answer to the first prompt
+EAGLE-2 and (EAGLE3_FAMILIES) an EAGLE-3 draft trained on the target's own answer to the first prompt
 (tests/drafts.py: a draft that gets accepted makes the equality below worth something; the second prompt is
 unseen, so drafts get rejected there too), and one in-process eager engine per method (base and each draft):
 - vLLM without speculation gets the same prompt token ids as the harness and returns the harness's plain
@@ -13,10 +13,8 @@ unseen, so drafts get rejected there too), and one in-process eager engine per m
   accepted;
 - the draft class inside vLLM computes what the harness's draft computes on the same rows, on the prompt
   and on its speculative steps, and its inputs are the harness's streams (this checks the embedding scale
-  Gemma applies to its text embeddings, and for EAGLE-3 the target's aux states fused by fc).
-
-Families vLLM cannot build here without torchvision (Qwen2-VL / Qwen2.5-VL, Pixtral, and SmolVLM
-checkpoints of model type "smolvlm") are listed in docs/vllm.md, "Families".
+  Gemma applies to its text embeddings, for EAGLE-3 the target's aux states fused by fc, and for the Qwens
+  that the draft computes with sequence indices, not M-RoPE's temporal row, on its speculative steps too).
 """
 
 from __future__ import annotations
