@@ -43,9 +43,11 @@ from .probe_cache import cached_probe, probe_key
 
 POLICIES = ("auto", "on", "off")
 DEFAULT_MAX_COST = 0.05  # "auto" takes the whole mode where a decoding step gets at most 5 % slower ...
-# ... and the linear padding alone up to 15 %: its cost on a bf16 CPU (2-4 % quiet) read 6.4 % beside two
-# training jobs, and whether greedy output is exact must not flip with the machine's load (fp32's 59-90 % stays off)
+# ... and the linear padding alone up to 15 %, or whatever the timing says where no call is padded past 2 rows
+# (a one-token step is memory-bound: 2 rows read the same weights). Its 2-4 % on a bf16 CPU read 6.4 % beside
+# two training jobs and 17 % beside three; exactness must not flip with the load. fp32's 16 rows (+59-90 %) stay off.
 PADDING_MAX_COST = 0.15
+TWO_ROW_PADDING = 2
 PAD_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
 PROBE_ROWS = (*range(1, 21), 24, 32, 48, 64)  # a decoding step and tree verifies
 PROBE_OUTPUTS = 1 << 18  # outputs compared per row count
@@ -123,7 +125,7 @@ class BatchInvariance:
     policy "on" applies the padding the probe found and the batch-invariant attention where its probe passed;
     "auto" applies both where together they make a plain decoding step at most DEFAULT_MAX_COST slower (timed
     here, at load), else the padding alone (exact verifies then run sdpa, one call per depth) where that
-    alone costs at most PADDING_MAX_COST; "off" probes nothing."""
+    alone costs at most PADDING_MAX_COST or pads no call past 2 rows; "off" probes nothing."""
 
     def __init__(self, model: PreTrainedModel, policy: str = "auto") -> None:
         if policy not in POLICIES:
@@ -149,7 +151,9 @@ class BatchInvariance:
             # only the attention's extra cost passes the limit.
             cost = decode_step_cost(model, lambda: self._apply(padded, None), self.remove) if padded else 0.0
             block, attention_kept = None, True
-        enabled = policy == "on" or cost <= PADDING_MAX_COST      # with the attention, cost <= DEFAULT_MAX_COST
+        two_rows = block is None and all(pad <= TWO_ROW_PADDING for _, pad in padded)
+        # With the attention on, cost <= DEFAULT_MAX_COST already.
+        enabled = policy == "on" or cost <= PADDING_MAX_COST or two_rows
         if enabled:
             self._apply(padded, block)
         shapes = tuple(LinearShape(out, width, str(dtype).removeprefix("torch."), bias, len(members), pad)
