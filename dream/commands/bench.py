@@ -239,13 +239,11 @@ def vllm_drafts(target: str, given: list[DraftSpec], selected: list[str] | None)
 def run_vllm(args: argparse.Namespace) -> int:
     """The same prompts through vLLM (dream.serving.bench): one JSON in the harness bench's layout."""
     from dream.serving.bench import METHODS, VllmBenchConfig, format_table, run_vllm_bench
-    from dream.serving.engine import VLLM_DTYPES, EngineConfig, parse_spec_schedule
+    from dream.serving.engine import VLLM_DTYPES, EngineConfig, chain_length, parse_spec_schedule
 
     check_outputs(args.json, None)
     schedule = parse_spec_schedule(args.spec_schedule) if args.spec_schedule else ()
-    k = CPU_TREE.depth if args.num_speculative_tokens is None else args.num_speculative_tokens
-    if schedule and args.num_speculative_tokens is None:
-        k = max(length for _, _, length in schedule)
+    k = chain_length(args.num_speculative_tokens, schedule, CPU_TREE.depth)
     if k < 1 or args.concurrency < 1:
         raise ValueError("--num-speculative-tokens and --concurrency must be >= 1")
     if args.repeats < 1:

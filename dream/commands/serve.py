@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dream.serving.engine import parse_spec_schedule
+    from dream.serving.engine import chain_length, parse_spec_schedule
     from dream.serving.server import ServerConfig, exec_server, server_command
     from dream.target.loading import resolve_target_name
 
@@ -49,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
     # machine lacks is refused here, in one line, rather than by vLLM after minutes of start-up.
     resolve_device(args.device)
     schedule = parse_spec_schedule(args.spec_schedule) if args.spec_schedule else ()
-    k = args.num_speculative_tokens
-    if k is None:
-        k = max(length for _, _, length in schedule) if schedule else 4
+    k = chain_length(args.num_speculative_tokens, schedule, 4)
     cfg = ServerConfig(target=resolve_target_name(args.target), served_name=str(args.target), draft=args.draft,
                        dtype=args.dtype, host=args.host, port=args.port,
                        num_speculative_tokens=k, spec_schedule=schedule, max_model_len=args.max_model_len,

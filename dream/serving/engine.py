@@ -75,6 +75,13 @@ def speculative_config(method: str, draft_dir: str | Path | None, cfg: EngineCon
     return spec
 
 
+def chain_length(given: int | None, schedule: tuple[tuple[int, int, int], ...], default: int) -> int:
+    """The chain length a command runs: the one given, else the schedule's longest, else the default."""
+    if given is not None:
+        return given
+    return max(length for _, _, length in schedule) if schedule else default
+
+
 def parse_spec_schedule(text: str) -> tuple[tuple[int, int, int], ...]:
     """"1-4:5,5-16:2,17-:1" -> ((1, 4, 5), (5, 16, 2), (17, OPEN_END, 1)): requests in flight -> chain
     length; ranges inclusive, sorted, from 1, without gaps; an open end covers every larger batch."""
