@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from dream.draft import DraftCheckpoint, DraftProposer, load_draft, read_draft_config
-from dream.method_names import BASELINES, DRAFT_NAMES, PLAIN, SHIPPED_NAMES
+from dream.method_names import BASELINES, DRAFT_NAMES, PLAIN
 from dream.pld import PromptLookupProposer
 from dream.proposer import Proposer
 from dream.sampling import SamplingConfig
@@ -70,9 +70,8 @@ def draft_spec(path: Path, name: str | None = None) -> DraftSpec:
 
 
 def shipped_drafts(selected: Sequence[str] | None = None) -> list[DraftSpec]:
-    """The shipped drafts (for the zoo target) that exist. A missing one is skipped, with a logged warning
-    for those the package ships (SHIPPED_NAMES) and quietly for eagle3 (none is shipped yet); one that
-    `selected` names is a ValueError instead."""
+    """The shipped drafts (for the zoo target) that exist. A missing one is skipped with a logged warning,
+    or is a ValueError where `selected` names it."""
     found = []
     for name in DRAFT_NAMES:
         path = SHIPPED_DRAFTS / name
@@ -80,7 +79,7 @@ def shipped_drafts(selected: Sequence[str] | None = None) -> list[DraftSpec]:
             found.append(DraftSpec(name, path))
         elif selected is not None and name in selected:
             raise ValueError(f"no shipped {name} draft at {path}: give one with --draft {name}=DIR")
-        elif name in SHIPPED_NAMES:
+        else:
             log.warning("shipped %s draft not found at %s: skipping it", name, path)
     return found
 

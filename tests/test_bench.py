@@ -270,15 +270,14 @@ def test_load_image_names_the_file(tmp_path):
 
 
 def test_shipped_drafts_skip_missing_with_a_warning(tmp_path, monkeypatch, caplog):
-    """eagle2 and dream ship: a missing one is a warning. No eagle3 draft ships yet: it is skipped quietly,
-    used when present, and an error only when the run asks for it."""
+    """A missing shipped draft is a warning, and an error only when the run asks for it."""
     monkeypatch.setattr(dream.methods, "SHIPPED_DRAFTS", tmp_path)
     (tmp_path / "dream").mkdir()
     (tmp_path / "dream" / "config.json").write_text("{}")
     with caplog.at_level("WARNING"):
         found = shipped_drafts()
     assert [(d.name, d.path) for d in found] == [("dream", tmp_path / "dream")]
-    assert "shipped eagle2 draft not found" in caplog.text and "eagle3" not in caplog.text
+    assert "shipped eagle2 draft not found" in caplog.text and "shipped eagle3 draft not found" in caplog.text
     with pytest.raises(ValueError, match=r"no shipped eagle3 draft at .*: give one with --draft eagle3=DIR"):
         shipped_drafts(["ar", "eagle3"])
     (tmp_path / "eagle3").mkdir()

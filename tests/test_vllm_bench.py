@@ -112,7 +112,7 @@ def test_every_bench_flag_names_its_engine():
     (["--plot", "x.png"], "--engine vllm does not take --plot"),
     (["--seed", "1", "--tree-top-k", "2"], "--engine vllm does not take --tree-top-k, --seed"),
     (["--methods", "ar,hf"], "--engine vllm methods are ar, pld, eagle2, eagle3, dream; not hf"),
-    (["--methods", "ar,eagle3"], "no shipped eagle3 draft at"),
+    (["--methods", "ar,eagle3", "--draft", "eagle3=/no/such/draft"], "not a draft checkpoint directory"),
     (["--spec-schedule", "2-4:5"], "ranges must run from 1 upwards"),
     (["--spec-schedule", "1-4:5,4-:2"], "ranges must run from 1 upwards"),
     (["--spec-schedule", "1-4"], "expected ranges like 1-4:5"),

@@ -19,7 +19,7 @@ from dream.methods import SHIPPED_DRAFTS, SHIPPED_NAMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("draft", metavar="DRAFT", help="dream, eagle2 (shipped drafts) or a draft directory")
+    parser.add_argument("draft", metavar="DRAFT", help="dream, eagle2, eagle3 (shipped drafts) or a draft directory")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="new (or empty) folder to write")
 
 

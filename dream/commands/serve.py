@@ -3,11 +3,12 @@
     dream serve --target smolvlm-135m --draft dream [--dtype auto|bf16|fp32] [--host 127.0.0.1] [--port 8000]
                 [--num-speculative-tokens 4] [--spec-schedule 1-4:4,5-:2] [--allowed-media-domains DOMAIN ...]
 
---draft: `dream` / `eagle2` (the shipped drafts), a draft checkpoint directory, `pld` (vLLM's n-gram prompt
-lookup) or `ar` (no speculation); the former spellings `ngram` and `none` still work. A draft trained against another target is refused before vLLM starts. The process
-becomes vLLM's server (exec), so signals and exit codes are vLLM's. Needs the vLLM environment (docs/vllm.md)
-and the dream plugin installed as an entry point (`pip install -e .`): vLLM's server processes load it.
-The process itself (checks, command line, environment, media policy) is dream.serving.server's.
+--draft: `dream` / `eagle2` / `eagle3` (the shipped drafts), a draft checkpoint directory, `pld` (vLLM's
+n-gram prompt lookup) or `ar` (no speculation); the former spellings `ngram` and `none` still work. A draft
+trained against another target is refused before vLLM starts. The process becomes vLLM's server (exec), so
+signals and exit codes are vLLM's. Needs the vLLM environment (docs/vllm.md) and the dream plugin installed as
+an entry point (`pip install -e .`): vLLM's server processes load it. The process itself (checks, command
+line, environment, media policy) is dream.serving.server's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from dream.settings import resolve_device
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_argument(parser)
     parser.add_argument("--draft", required=True, metavar="NAME|DIR",
-                        help="dream, eagle2 (shipped drafts), a draft directory, pld (prompt lookup) or ar (no speculation)")
+                        help="dream, eagle2, eagle3 (shipped drafts), a draft directory, pld (prompt lookup) "
+                             "or ar (no speculation)")
     add_dtype_argument(parser)
     add_device_argument(parser)
     parser.add_argument("--host", default="127.0.0.1")

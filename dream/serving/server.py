@@ -37,7 +37,7 @@ MEDIA_FETCH_ENV = {"VLLM_MEDIA_FETCH_MAX_RETRIES": "1", "VLLM_IMAGE_FETCH_TIMEOU
 class ServerConfig:
     target: Path                          # the target's checkpoint directory
     served_name: str                      # the model name clients send
-    draft: str                            # dream | eagle2 (shipped), a draft directory, pld or ar
+    draft: str                            # dream | eagle2 | eagle3 (shipped), a draft directory, pld or ar
     dtype: str = "bf16"                   # dream.settings name: bf16 | fp32
     host: str = "127.0.0.1"
     port: int = 8000
