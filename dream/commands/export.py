@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dream.methods import SHIPPED_DRAFTS, SHIPPED_NAMES
+from dream.method_names import SHIPPED_NAMES
+from dream.methods import SHIPPED_DRAFTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
