@@ -5,8 +5,8 @@ One engine per method, run in this process (enforce_eager: no compile), on two h
 - the draft class inside vLLM computes what the harness's draft computes on the same inputs, and those
   inputs are the right streams: the target's image embeddings at visual positions, the target's features
   for verified positions, the draft's own features for its speculative steps;
-- greedy outputs with dream, eagle2, eagle3 and ngram equal vLLM's output without speculation, which equals the
-  harness's plain decoding (`dream generate --method ar --dtype fp32`).
+- greedy outputs with dream, eagle2, eagle3 and ngram equal vLLM's output without speculation, which
+  equals the harness's plain decoding (`dream generate --method ar --dtype fp32`).
 """
 
 from __future__ import annotations
