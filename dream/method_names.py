@@ -17,7 +17,6 @@ from __future__ import annotations
 AR, HF, PLD = "ar", "hf", "pld"
 DRAFT_NAMES = ("eagle2", "eagle3", "dream")   # one method per draft architecture; shipped drafts are looked up
                                               #   under these names (dream.methods.SHIPPED_DRAFTS)
-SHIPPED_NAMES = DRAFT_NAMES                  # the package ships one draft of each for its zoo target
 BASELINES = (AR, HF, PLD)     # methods without a draft
 PLAIN = (AR, HF)              # plain decoding: a speedup's baseline
 VLLM_METHODS = (AR, PLD, *DRAFT_NAMES)     # what `dream bench --engine vllm` runs (drafts as chains)

@@ -69,6 +69,11 @@ def draft_spec(path: Path, name: str | None = None) -> DraftSpec:
     return DraftSpec(name, path)
 
 
+def draft_dir(draft: str) -> Path:
+    """A shipped draft's directory for its name (one of DRAFT_NAMES), else the argument as a path."""
+    return SHIPPED_DRAFTS / draft if draft in DRAFT_NAMES else Path(draft)
+
+
 def shipped_drafts(selected: Sequence[str] | None = None) -> list[DraftSpec]:
     """The shipped drafts (for the zoo target) that exist. A missing one is skipped with a logged warning,
     or is a ValueError where `selected` names it."""

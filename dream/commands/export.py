@@ -4,7 +4,7 @@
     vllm serve TARGET --speculative-config '{"method": "eagle", "model": "DIR", "num_speculative_tokens": 4}'
 
 (method "eagle3" for an eagle3 draft: it reads the target's aux layers.)
-DRAFT: `dream` / `eagle2` (the shipped drafts) or a draft checkpoint directory. --out must be new or an
+DRAFT: `dream` / `eagle2` / `eagle3` (the shipped drafts) or a draft checkpoint directory. --out must be new or an
 empty folder; it is written whole or not at all. The folder names the plugin's draft class, so stock vLLM
 without the plugin cannot load it (docs/vllm.md). `dream serve` and `dream bench --engine vllm` take the
 draft directory itself and export it into the cache on their own.
@@ -15,8 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dream.method_names import SHIPPED_NAMES
-from dream.methods import SHIPPED_DRAFTS
+from dream.methods import draft_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +30,3 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def draft_dir(draft: str) -> Path:
-    """A shipped draft's directory for its name, else the argument as a path."""
-    return SHIPPED_DRAFTS / draft if draft in SHIPPED_NAMES else Path(draft)

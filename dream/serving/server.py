@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from dream.method_names import AR, PLD, SHIPPED_NAMES, canonical
-from dream.methods import SHIPPED_DRAFTS
+from dream.method_names import AR, PLD, canonical
+from dream.methods import draft_dir
 from dream.serving.engine import VLLM_DTYPES, EngineConfig, speculative_config
 from dream.serving.fingerprint import check_draft_for_target
 
@@ -92,7 +92,7 @@ def speculator(draft: str) -> tuple[str, Path | None]:
     """(engine method, draft directory or None) for serve's --draft value."""
     if canonical(draft) in NO_DRAFT:
         return canonical(draft), None
-    path = SHIPPED_DRAFTS / draft if draft in SHIPPED_NAMES else Path(draft)
+    path = draft_dir(draft)
     if not (path / "config.json").is_file():
         raise ValueError(f"--draft {draft}: not a shipped draft name nor a draft directory")
     return draft, path
