@@ -254,3 +254,19 @@ def test_a_chain_schedule_reaches_the_server_command():
     spec = json.loads(command[command.index("--speculative-config") + 1])
     assert spec["num_speculative_tokens"] == 5
     assert spec["num_speculative_tokens_per_batch_size"] == [[1, 2, 5], [3, 8, 0]]
+
+
+def test_tensor_parallel_ranks_reach_the_server_and_split_the_cores(monkeypatch):
+    from dream.serving.engine import cpu_binding
+    from dream.serving.server import ServerConfig, server_command
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    cfg = ServerConfig(target=resolve_target("smolvlm-135m"), served_name="t", draft="ar", tensor_parallel_size=2)
+    command, env = server_command(cfg)
+    assert command[command.index("--tensor-parallel-size") + 1] == "2"
+    if cpu_binding(1):                                              # not on CUDA, where vLLM's defaults stand
+        assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0,1|2,3" and env["OMP_NUM_THREADS"] == "2"
+    with pytest.raises(ValueError, match="one at least per rank"):
+        cpu_binding(8)

@@ -69,6 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec-schedule", metavar="A-B:K,...",
                         help="--engine vllm: chain length by requests in flight, e.g. 1-4:5,5-:2 (vLLM's dynamic "
                              "speculative decoding; its longest chain is the chain length)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
+                        help="--engine vllm: shard the target and the draft over N ranks (on CPU, N processes "
+                             "sharing this machine's cores)")
+    parser.add_argument("--enforce-eager", action="store_true",
+                        help="--engine vllm: skip torch.compile (start-up in seconds; slower decoding)")
     parser.add_argument("--draft", action="append", default=[], metavar="NAME=DIR",
                         help="a draft checkpoint; NAME is eagle2, eagle3, dream or dream-<ablation> (default: its "
                              "architecture). Repeatable. Default: the shipped drafts of a zoo target")
@@ -115,6 +120,7 @@ ENGINE_FLAGS = {
     "--temperature": BOTH, "--max-new-tokens": BOTH, "--repeats": BOTH, "--dtype": BOTH, "--json": BOTH,
     "--limit": BOTH, "--warmup": BOTH,
     "--concurrency": VLLM, "--num-speculative-tokens": VLLM, "--spec-schedule": VLLM,
+    "--tensor-parallel-size": VLLM, "--enforce-eager": VLLM,
     "--device": HARNESS, "--batch-invariant": HARNESS, "--plot": HARNESS, "--keep-ratios": HARNESS,
     "--tree": HARNESS, "--dev-prompts": HARNESS, "--tree-top-k": HARNESS, "--depth": HARNESS,
     "--total-tokens": HARNESS, "--seed": HARNESS, "--threads": HARNESS,
@@ -244,8 +250,8 @@ def run_vllm(args: argparse.Namespace) -> int:
     check_outputs(args.json, None)
     schedule = parse_spec_schedule(args.spec_schedule) if args.spec_schedule else ()
     k = chain_length(args.num_speculative_tokens, schedule, CPU_TREE.depth)
-    if k < 1 or args.concurrency < 1:
-        raise ValueError("--num-speculative-tokens and --concurrency must be >= 1")
+    if k < 1 or args.concurrency < 1 or args.tensor_parallel_size < 1:
+        raise ValueError("--num-speculative-tokens, --concurrency and --tensor-parallel-size must be >= 1")
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     selected = parse_methods(args.methods)
@@ -255,7 +261,8 @@ def run_vllm(args: argparse.Namespace) -> int:
     drafts = vllm_drafts(args.target, [parse_draft_arg(text) for text in args.draft], selected)
     prompts = read_prompts(args.prompts, limit=args.limit)
     engine = EngineConfig(target=str(resolve_target_path(args.target)), dtype=VLLM_DTYPES[args.dtype],
-                          num_speculative_tokens=k, max_num_seqs=max(args.concurrency, 1), spec_schedule=schedule)
+                          num_speculative_tokens=k, max_num_seqs=max(args.concurrency, 1), spec_schedule=schedule,
+                          tensor_parallel_size=args.tensor_parallel_size, enforce_eager=args.enforce_eager)
     cfg = VllmBenchConfig(engine=engine, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           concurrency=args.concurrency, warmup=args.warmup, repeats=args.repeats, drafts=drafts)
     record = run_vllm_bench(cfg, prompts, None if selected is None else tuple(selected))

@@ -2,6 +2,7 @@
 
     dream serve --target smolvlm-135m --draft dream [--dtype auto|bf16|fp32] [--host 127.0.0.1] [--port 8000]
                 [--num-speculative-tokens 4] [--spec-schedule 1-4:4,5-:2] [--allowed-media-domains DOMAIN ...]
+                [--tensor-parallel-size N]
 
 --draft: `dream` / `eagle2` / `eagle3` (the shipped drafts), a draft checkpoint directory, `pld` (vLLM's
 n-gram prompt lookup) or `ar` (no speculation); the former spellings `ngram` and `none` still work. A draft
@@ -38,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-fraction", type=float, default=0.3,
                         help="vLLM's gpu_memory_utilization (on CPU: share of the memory node; default 0.3)")
     parser.add_argument("--enforce-eager", action="store_true", help="skip torch.compile (faster start)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
+                        help="shard the target and the draft over N ranks (on CPU: N processes, this machine's "
+                             "cores split between them; attention heads must divide by N)")
     parser.add_argument("--allowed-media-domains", nargs="+", default=[], metavar="DOMAIN",
                         help="hosts whose http(s) image URLs the server may fetch (default: none, data: URLs only)")
 
@@ -56,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
                        dtype=args.dtype, host=args.host, port=args.port,
                        num_speculative_tokens=k, spec_schedule=schedule, max_model_len=args.max_model_len,
                        memory_fraction=args.memory_fraction, enforce_eager=args.enforce_eager,
+                       tensor_parallel_size=args.tensor_parallel_size,
                        allowed_media_domains=tuple(args.allowed_media_domains))
     exec_server(*server_command(cfg))
     return 0   # not reached: exec_server replaces the process

@@ -28,6 +28,7 @@ from dream.method_names import AR, PLD, canonical
 from dream.serving.export import exported_draft, vllm_method
 
 VLLM_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}   # dream.settings names -> vLLM's dtype names
+_USER_BINDING = {name for name in ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND") if name in os.environ}
 OPEN_END = 1 << 20          # a schedule range's "and up" (vLLM clamps ranges to its batch limit)
 
 
@@ -39,6 +40,7 @@ class EngineConfig:
     enforce_eager: bool = False         # True skips torch.compile (start-up in seconds instead of minutes)
     max_model_len: int = 2048
     max_num_seqs: int = 16              # requests batched together
+    tensor_parallel_size: int = 1       # ranks the target and the draft are sharded over (processes on CPU)
     memory_fraction: float = 0.3        # vLLM's gpu_memory_utilization; on CPU a share of the memory node
     in_process: bool = False            # one process (tests): the plugin is registered here, no entry point needed
     seed: int = 0
@@ -106,7 +108,10 @@ def parse_spec_schedule(text: str) -> tuple[tuple[int, int, int], ...]:
 def build_llm(cfg: EngineConfig, method: str = AR, draft_dir: str | Path | None = None) -> Any:
     """A vllm.LLM for the target with the method's speculation (stats logging on: counters are read)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    _use_every_core()
+    if cfg.in_process and cfg.tensor_parallel_size > 1:
+        raise ValueError("tensor parallelism runs one process per rank: it cannot run in process")
+    # Set for each engine (a later one may have another rank count), unless the user set them.
+    os.environ.update({k: v for k, v in cpu_binding(cfg.tensor_parallel_size).items() if k not in _USER_BINDING})
     if cfg.in_process:
         # Must be set before vLLM reads its environment; the executor below then runs in this process.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -118,6 +123,7 @@ def build_llm(cfg: EngineConfig, method: str = AR, draft_dir: str | Path | None 
     kwargs: dict[str, Any] = dict(
         model=str(cfg.target), dtype=cfg.dtype, enforce_eager=cfg.enforce_eager,
         max_model_len=cfg.max_model_len, max_num_seqs=cfg.max_num_seqs,
+        tensor_parallel_size=cfg.tensor_parallel_size,
         gpu_memory_utilization=cfg.memory_fraction, seed=cfg.seed, disable_log_stats=False,
         limit_mm_per_prompt={"image": 1}, speculative_config=speculative_config(method, draft_dir, cfg),
     )
@@ -127,16 +133,22 @@ def build_llm(cfg: EngineConfig, method: str = AR, draft_dir: str | Path | None 
     return LLM(**kwargs)
 
 
-def _use_every_core() -> None:
-    """vLLM's CPU worker binds ONE core by default and leaves the rest idle; the harness uses them all.
-    Give the worker every core unless the user chose (these variables are read by the spawned worker)."""
+def cpu_binding(tensor_parallel_size: int = 1) -> dict[str, str]:
+    """The OpenMP settings vLLM's CPU workers read: this process's cores split into one contiguous group per
+    tensor-parallel rank. vLLM's own default binds one core per worker, or (auto) one NUMA node per rank,
+    which a one-node machine cannot give two ranks. Empty on CUDA, where vLLM's defaults stand."""
     import torch
 
     if torch.cuda.is_available():
-        return
-    cores = os.cpu_count() or 1
-    os.environ.setdefault("OMP_NUM_THREADS", str(cores))
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}")
+        return {}
+    cores = sorted(os.sched_getaffinity(0))
+    if tensor_parallel_size < 1 or len(cores) < tensor_parallel_size:
+        raise ValueError(f"--tensor-parallel-size {tensor_parallel_size}: this machine gives {len(cores)} "
+                         f"cores, one at least per rank")
+    per_rank = len(cores) // tensor_parallel_size
+    groups = [cores[rank * per_rank:(rank + 1) * per_rank] for rank in range(tensor_parallel_size)]
+    return {"OMP_NUM_THREADS": str(per_rank),
+            "VLLM_CPU_OMP_THREADS_BIND": "|".join(",".join(map(str, group)) for group in groups)}
 
 
 def chat_messages(prompt: str, image: Image.Image | None) -> list[dict[str, Any]]:

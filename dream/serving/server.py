@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dream.method_names import AR, PLD, canonical
 from dream.methods import draft_dir
-from dream.serving.engine import VLLM_DTYPES, EngineConfig, speculative_config
+from dream.serving.engine import VLLM_DTYPES, EngineConfig, cpu_binding, speculative_config
 from dream.serving.fingerprint import check_draft_for_target
 
 NO_DRAFT = (AR, PLD)                      # the methods without a draft (--draft also takes none / ngram for them)
@@ -46,6 +46,7 @@ class ServerConfig:
     max_model_len: int = 4096
     memory_fraction: float = 0.3          # vLLM's gpu_memory_utilization (on CPU: share of the memory node)
     enforce_eager: bool = False
+    tensor_parallel_size: int = 1         # ranks (on CPU: processes splitting this machine's cores)
     allowed_media_domains: tuple[str, ...] = ()
 
 
@@ -53,6 +54,8 @@ def server_command(cfg: ServerConfig) -> tuple[list[str], dict[str, str]]:
     """The vLLM server command line and environment (checks done, nothing started)."""
     if cfg.num_speculative_tokens < 1:
         raise ValueError(f"--num-speculative-tokens must be >= 1, got {cfg.num_speculative_tokens}")
+    if cfg.tensor_parallel_size < 1:
+        raise ValueError(f"--tensor-parallel-size must be >= 1, got {cfg.tensor_parallel_size}")
     if not any(ep.value.startswith("dream.serving.plugin") for ep in entry_points(group="vllm.general_plugins")):
         raise ValueError("the dream vLLM plugin is not installed as an entry point: reinstall dream (pip install -e .)")
     method, draft_dir = speculator(cfg.draft)
@@ -69,18 +72,21 @@ def server_command(cfg: ServerConfig) -> tuple[list[str], dict[str, str]]:
                "--gpu-memory-utilization", str(cfg.memory_fraction), "--limit-mm-per-prompt", '{"image": 1}']
     if spec is not None:
         command += ["--speculative-config", json.dumps(spec)]
+    if cfg.tensor_parallel_size != 1:
+        command += ["--tensor-parallel-size", str(cfg.tensor_parallel_size)]
     if cfg.enforce_eager:
         command.append("--enforce-eager")
     command += ["--middleware", GUARD_MIDDLEWARE]
     if cfg.allowed_media_domains:
         command += ["--allowed-media-domains", *cfg.allowed_media_domains]
-    return command, server_env(dict(os.environ))
+    return command, server_env(dict(os.environ), cfg.tensor_parallel_size)
 
 
-def server_env(environ: dict[str, str]) -> dict[str, str]:
-    """The server's environment: the media fetch defaults under what `environ` sets, offline hub, our media
-    connector, and Intel OpenMP preloaded when the environment has it."""
-    env = {**MEDIA_FETCH_ENV, **environ, "HF_HUB_OFFLINE": "1", "VLLM_MEDIA_CONNECTOR": MEDIA_CONNECTOR}
+def server_env(environ: dict[str, str], tensor_parallel_size: int = 1) -> dict[str, str]:
+    """The server's environment: the media fetch defaults and the CPU workers' core binding under what
+    `environ` sets, offline hub, our media connector, and Intel OpenMP preloaded when the environment has it."""
+    env = {**MEDIA_FETCH_ENV, **cpu_binding(tensor_parallel_size), **environ,
+           "HF_HUB_OFFLINE": "1", "VLLM_MEDIA_CONNECTOR": MEDIA_CONNECTOR}
     iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
     if iomp.is_file() and "libiomp5" not in env.get("LD_PRELOAD", ""):
         # vLLM's CPU backend asks for Intel OpenMP preloaded when speculating (cpu_worker.py's warning).
