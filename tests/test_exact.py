@@ -222,3 +222,16 @@ def test_attention_probe_compares_bits(monkeypatch):
 
     monkeypatch.setattr(invariant_attention, "_tree_inputs", one_element_off)
     assert probe_attention(4, 2, 16, torch.bfloat16) is None
+
+
+def test_auto_times_the_step_cost_once_per_machine(tiny_target_path, tmp_path, monkeypatch):
+    """`auto` decides on a timing near its limit on some CPUs: timed once, then read back, two loads of the
+    same model on the same machine decide alike (the timing itself is machine-specific: not asserted)."""
+    import dream.target.invariance as invariance
+
+    monkeypatch.setenv("DREAM_CACHE", str(tmp_path))
+    first = BatchInvariance(stock_model(tiny_target_path("llama"), dtype=torch.bfloat16), "auto").report
+    monkeypatch.setattr(invariance, "decode_step_cost", lambda *args, **kwargs: pytest.fail("timed again"))
+    second = BatchInvariance(stock_model(tiny_target_path("llama"), dtype=torch.bfloat16), "auto").report
+    assert (second.cost, second.enabled, second.attention_block) == (first.cost, first.enabled, first.attention_block)
+    print(f"\n{first.summary()}")

@@ -31,6 +31,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from statistics import median
 
 import torch
 from torch import Tensor, nn
@@ -72,7 +73,8 @@ class InvarianceReport:
     policy: str  # "auto" | "on" | "off", as asked
     enabled: bool  # the hooks are in place
     shapes: tuple[LinearShape, ...] = ()
-    cost: float | None = None  # extra time of a plain decoding step under the mode, a fraction (timed at load)
+    cost: float | None = None  # extra time of a plain decoding step under the mode, a fraction (timed once
+    #   per machine and model shape, kept in $DREAM_CACHE/invariance.json)
     threads: int | None = None  # the intra-op thread count the probe ran under (kernels depend on it)
     attention_probed: bool = False  # the batch-invariant attention was probed (the model ran sdpa or "dream")
     attention_block: int | None = None  # its key-count block where it passed (decoding steps and exact
@@ -124,7 +126,7 @@ class BatchInvariance:
 
     policy "on" applies the padding the probe found and the batch-invariant attention where its probe passed;
     "auto" applies both where together they make a plain decoding step at most DEFAULT_MAX_COST slower (timed
-    here, at load), else the padding alone (exact verifies then run sdpa, one call per depth) where that
+    once per machine and model shape), else the padding alone (exact verifies then run sdpa, one call per depth) where that
     alone costs at most PADDING_MAX_COST or pads no call past 2 rows; "off" probes nothing."""
 
     def __init__(self, model: PreTrainedModel, policy: str = "auto") -> None:
@@ -144,12 +146,12 @@ class BatchInvariance:
         probed = text_attention(model) in SWITCHABLE_ATTENTION
         block = probe_model_attention(model) if probed else None
         changes = padded or block is not None
-        cost = decode_step_cost(model, lambda: self._apply(padded, block), self.remove) if changes else 0.0
+        cost = self._cost(padded, block) if changes else 0.0
         attention_kept = False
         if policy == "auto" and cost > DEFAULT_MAX_COST and block is not None:
             # The padding alone keeps the exact verify exact (on sdpa, one call per depth): keep that where
             # only the attention's extra cost passes the limit.
-            cost = decode_step_cost(model, lambda: self._apply(padded, None), self.remove) if padded else 0.0
+            cost = self._cost(padded, None) if padded else 0.0
             block, attention_kept = None, True
         two_rows = block is None and all(pad <= TWO_ROW_PADDING for _, pad in padded)
         # With the attention on, cost <= DEFAULT_MAX_COST already.
@@ -160,6 +162,20 @@ class BatchInvariance:
                        for (out, width, dtype, bias), members, pad in zip(groups, groups.values(), pads))
         self.report = InvarianceReport(policy, enabled, shapes, cost, torch.get_num_threads(), probed, block,
                                        attention_kept)
+
+    def _cost(self, padded: list[tuple[list[nn.Linear], int]], attention_block: int | None) -> float:
+        """decode_step_cost of this padding and attention, timed once per machine and model shape: the
+        cost sits near the limit on some CPUs (4-7 % on an AVX-512-BF16 EPYC), where timing it at every load
+        made `auto` decide differently from one run to the next."""
+        model = self._model
+        config, weight = model.config.get_text_config(), model.get_output_embeddings().weight
+        shape = (config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
+                 getattr(config, "num_key_value_heads", None), getattr(config, "intermediate_size", None),
+                 weight.shape[0])
+        pads = sorted({(members[0].out_features, members[0].in_features, pad) for members, pad in padded})
+        key = probe_key("decode-step-cost", weight.device.type, weight.dtype, *shape, pads, attention_block)
+        return cached_probe(key, lambda: decode_step_cost(
+            model, lambda: self._apply(padded, attention_block), self.remove))
 
     def _apply(self, padded: list[tuple[list[nn.Linear], int]], attention_block: int | None) -> None:
         for members, pad in padded:
@@ -207,10 +223,11 @@ def set_text_attention(model: PreTrainedModel, name: str) -> None:
 
 @torch.no_grad()
 def decode_step_cost(model: PreTrainedModel, apply: Callable[[], None], remove: Callable[[], None],
-                     context: int = 160, repeats: int = 9) -> float:
+                     context: int = 160, repeats: int = 15) -> float:
     """Extra time of a plain decoding step (the text decoder and head over one token after `context` cached
-    ones) with the mode applied (padding, attention), over the step without. Steps are timed alternately and
-    the fastest of each kind compared: other load on the machine only ever adds time. The context is a
+    ones) with the mode applied (padding, attention), over the step without. Steps are timed in alternating
+    pairs and the median of the pairs' ratios taken: a pair shares the machine's load of its moment, and the
+    median ignores the pairs a burst of other work hit (fastest-of-each read 0 to 13 % for a 5 % cost). The context is a
     typical step's: a ~100-token image prompt plus half of 128 new tokens (at 64 the attention's key padding
     to its block weighs about 4 % of a step on smolvlm-135m, at 160 about 1 %)."""
     decoder, head = model.model.get_decoder(), model.get_output_embeddings()
@@ -225,13 +242,13 @@ def decode_step_cost(model: PreTrainedModel, apply: Callable[[], None], remove: 
         return time.perf_counter() - start
 
     step_s()  # warm-up
-    plain, padded = [], []
+    ratios = []
     for _ in range(repeats):
-        plain.append(step_s())
+        plain = step_s()
         apply()
-        padded.append(step_s())
+        ratios.append(step_s() / plain)
         remove()
-    return max(min(padded) / min(plain) - 1.0, 0.0)  # below 0 is timing noise: padding adds work
+    return max(median(ratios) - 1.0, 0.0)  # below 0 is timing noise: padding adds work
 
 
 def cached_pad_rows(module: nn.Linear) -> int | None:
