@@ -35,7 +35,7 @@ timeout 300 $PY -m pytest -q -x tests/test_vllm_engine.py tests/test_vllm_sampli
 
 for c in 1 16; do
     timeout 240 $PY -m dream.cli bench --engine vllm --target smolvlm-135m --dtype bf16 \
-        --prompts "$PROMPTS" --limit 16 --concurrency "$c" --methods ar,pld,eagle2,dream \
+        --prompts "$PROMPTS" --limit 16 --concurrency "$c" --methods ar,pld,eagle2,eagle3,dream \
         --json "$OUT/vllm-bf16-c$c.json" > "$OUT/vllm-bf16-c$c.txt" 2>&1 || echo "bench c=$c failed" >> "$OUT/tests.txt"
 done
 tail -n 12 "$OUT"/vllm-bf16-c*.txt
