@@ -126,8 +126,8 @@ class BatchInvariance:
 
     policy "on" applies the padding the probe found and the batch-invariant attention where its probe passed;
     "auto" applies both where together they make a plain decoding step at most DEFAULT_MAX_COST slower (timed
-    once per machine and model shape), else the padding alone (exact verifies then run sdpa, one call per depth) where that
-    alone costs at most PADDING_MAX_COST or pads no call past 2 rows; "off" probes nothing."""
+    once per machine and model shape), else the padding alone (exact verifies then run sdpa, one call per
+    depth) where that alone costs at most PADDING_MAX_COST or pads no call past 2 rows; "off" probes nothing."""
 
     def __init__(self, model: PreTrainedModel, policy: str = "auto") -> None:
         if policy not in POLICIES:
@@ -227,9 +227,9 @@ def decode_step_cost(model: PreTrainedModel, apply: Callable[[], None], remove: 
     """Extra time of a plain decoding step (the text decoder and head over one token after `context` cached
     ones) with the mode applied (padding, attention), over the step without. Steps are timed in alternating
     pairs and the median of the pairs' ratios taken: a pair shares the machine's load of its moment, and the
-    median ignores the pairs a burst of other work hit (fastest-of-each read 0 to 13 % for a 5 % cost). The context is a
-    typical step's: a ~100-token image prompt plus half of 128 new tokens (at 64 the attention's key padding
-    to its block weighs about 4 % of a step on smolvlm-135m, at 160 about 1 %)."""
+    median ignores the pairs a burst of other work hit (fastest-of-each read 0 to 13 % for a 5 % cost). The
+    context is a typical step's: a ~100-token image prompt plus half of 128 new tokens (at 64 the attention's
+    key padding to its block weighs about 4 % of a step on smolvlm-135m, at 160 about 1 %)."""
     decoder, head = model.model.get_decoder(), model.get_output_embeddings()
     weight = head.weight
     embeds = torch.randn(1, context + 1, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight)
