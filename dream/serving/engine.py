@@ -116,8 +116,7 @@ def build_llm(cfg: EngineConfig, method: str = AR, draft_dir: str | Path | None 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if cfg.in_process and cfg.tensor_parallel_size > 1:
         raise ValueError("tensor parallelism runs one process per rank: it cannot run in process")
-    # Set for each engine (a later one may have another rank count), unless the user set them.
-    os.environ.update({k: v for k, v in cpu_binding(cfg.tensor_parallel_size).items() if k not in _USER_BINDING})
+    os.environ.update(binding_env(cfg.tensor_parallel_size))
     if cfg.in_process:
         # Must be set before vLLM reads its environment; the executor below then runs in this process.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -155,6 +154,12 @@ def cpu_binding(tensor_parallel_size: int = 1) -> dict[str, str]:
     groups = [cores[rank * per_rank:(rank + 1) * per_rank] for rank in range(tensor_parallel_size)]
     return {"OMP_NUM_THREADS": str(per_rank),
             "VLLM_CPU_OMP_THREADS_BIND": "|".join(",".join(map(str, group)) for group in groups)}
+
+
+def binding_env(tensor_parallel_size: int = 1) -> dict[str, str]:
+    """cpu_binding's variables, less those the user set before this module loaded: set again for each engine
+    or server (an earlier engine of this process may have set them for another rank count)."""
+    return {k: v for k, v in cpu_binding(tensor_parallel_size).items() if k not in _USER_BINDING}
 
 
 def chat_messages(prompt: str, image: Image.Image | None) -> list[dict[str, Any]]:
