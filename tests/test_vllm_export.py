@@ -204,6 +204,41 @@ def test_the_plugin_draft_refuses_another_targets_shape():
         check_target(exported, types.SimpleNamespace(model_config=model_config))
 
 
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_the_drafts_greedy_token_is_the_argmax_of_its_scattered_logits(monkeypatch, softcap):
+    """get_top_tokens (vLLM's use_local_argmax_reduction) picks what compute_logits' argmax picks, ties and the
+    never-proposed image token included."""
+    require("vllm")
+    from torch import nn
+
+    import dream.serving.draft_io as draft_io
+
+    monkeypatch.setattr(draft_io, "get_tensor_model_parallel_world_size", lambda: 1)
+    hidden_size, vocab, image_token = 8, 50, 7
+    vocab_map = torch.tensor([1, 3, 4, 7, 9, 20, 31, 44])
+
+    class Head(draft_io.TargetSharedIO, nn.Module):
+        def __init__(self) -> None:
+            nn.Module.__init__(self)
+            self.model = nn.Module()
+            self.model.register_buffer("vocab_map", vocab_map)
+            self.lm_head = nn.Linear(hidden_size, vocab, bias=False)
+            self.vocab_size, self.image_token_id, self.logit_softcap = vocab, image_token, softcap
+            self._reduced_head = None
+
+    torch.manual_seed(0)
+    head = Head()
+    with torch.no_grad():
+        tied = 10 * head.lm_head.weight[9]
+        head.lm_head.weight[9] = head.lm_head.weight[31] = tied   # a tie between two draft ids ...
+        head.lm_head.weight[image_token] = 10 * tied              # ... that only the image token would beat
+    hidden = torch.randn(64, hidden_size)
+    hidden[:8] = tied                                              # rows where the tie is the maximum
+    top = head.get_top_tokens(hidden)
+    assert torch.equal(top, head.compute_logits(hidden).argmax(dim=-1))
+    assert not (top == image_token).any() and bool((top[:8] == 9).all())
+
+
 def export_config(source):
     from dream.serving.export import _hf_config
 

@@ -116,6 +116,21 @@ class TargetSharedIO:
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """features [T, H] -> [T, V_target] logits: the reduced vocabulary's, -inf at every other id."""
         vocab_map = self.model.vocab_map
+        reduced = self._reduced_logits(hidden_states)
+        logits = reduced.new_full((reduced.shape[0], self.vocab_size), float("-inf"))
+        logits[:, vocab_map] = reduced
+        return logits
+
+    def get_top_tokens(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """features [T, H] -> [T] target ids: compute_logits' argmax without the [T, V_target] scatter.
+
+        vLLM's proposer calls it for greedy drafts (speculative config `use_local_argmax_reduction`). vocab_map
+        is ascending, so a tie goes to the same id as the argmax over the scattered logits."""
+        return self.model.vocab_map[self._reduced_logits(hidden_states).argmax(dim=-1)]
+
+    def _reduced_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """features [T, H] -> [T, V_draft] logits over the reduced vocabulary, the image token at -inf."""
+        vocab_map = self.model.vocab_map
         if get_tensor_model_parallel_world_size() > 1:
             # The shared head is split by vocabulary across ranks: score all rows, keep ours.
             full = self.logits_processor(self.lm_head, hidden_states)
@@ -129,9 +144,7 @@ class TargetSharedIO:
             reduced = self.logit_softcap * torch.tanh(reduced / self.logit_softcap)    # as the target's head
         if self.image_token_id is not None:
             reduced = reduced.masked_fill(vocab_map == self.image_token_id, float("-inf"))
-        logits = reduced.new_full((reduced.shape[0], self.vocab_size), float("-inf"))
-        logits[:, vocab_map] = reduced
-        return logits
+        return reduced
 
 
 def check_target(exported: ExportedConfig, vllm_config: VllmConfig) -> None:

@@ -75,8 +75,10 @@ def speculative_config(method: str, draft_dir: str | Path | None, cfg: EngineCon
     elif draft_dir is None:
         raise ValueError(f"method {method!r} needs a draft directory")
     else:
+        # use_local_argmax_reduction: greedy drafting takes the draft's own argmax over its reduced
+        # vocabulary (TargetSharedIO.get_top_tokens) instead of a [T, V_target] scatter and an argmax over it.
         spec = {"method": vllm_method(draft_dir), "model": str(exported_draft(draft_dir)),
-                "draft_sample_method": cfg.draft_sampling}
+                "draft_sample_method": cfg.draft_sampling, "use_local_argmax_reduction": True}
     spec["num_speculative_tokens"] = cfg.num_speculative_tokens
     if cfg.spec_schedule:
         spec["num_speculative_tokens_per_batch_size"] = [list(entry) for entry in cfg.spec_schedule]
