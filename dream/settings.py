@@ -25,10 +25,15 @@ DEFAULT_MAX_NEW_TOKENS = 128
 def resolve_dtype_name(name: str) -> str:
     """`auto` -> `bf16` or `fp32` for this machine (see the module docstring); `bf16` / `fp32` pass through."""
     if name == "auto":
-        return "bf16" if torch.cuda.is_available() or _NATIVE_BF16_CPU_FLAGS & _cpu_flags() else "fp32"
+        return "bf16" if torch.cuda.is_available() or cpu_has_native_bf16() else "fp32"
     if name not in DTYPES:
         raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {name!r}")
     return name
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX)."""
+    return bool(_NATIVE_BF16_CPU_FLAGS & _cpu_flags())
 
 
 def _cpu_flags() -> set[str]:

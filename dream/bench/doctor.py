@@ -75,7 +75,8 @@ class DoctorReport:
 def examine(target: TargetAdapter, inputs: Sequence[TargetInputs], methods: Sequence[Method],
             max_new_tokens: int, max_nodes: int, repeats: int) -> DoctorReport:
     machine = {"cpu": cpu_kind(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "python": platform.python_version(), "dtype": dtype_name(target.model.dtype)}
+               "python": platform.python_version(), "dtype": dtype_name(target.model.dtype),
+               "packed_linears": target.packed_linears}
     findings = rowwise_findings(target) + attention_findings(target, inputs[0])
     mismatches = greedy_mismatches(target, inputs, methods, max_new_tokens)
     curve = verify_curve(target, inputs[0], max_nodes, repeats)
@@ -122,7 +123,8 @@ def verify_curve(target: TargetAdapter, inputs: TargetInputs, max_nodes: int, re
 
 def format_report(report: DoctorReport) -> str:
     m = report.machine
-    lines = [f"machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, {m['dtype']}"]
+    lines = [f"machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, {m['dtype']}",
+             f"prepacked linears (same bits as the dense call, probed): {m.get('packed_linears', 0)}"]
     inv = report.invariance
     lines.append(f"batch-invariant mode: {'on' if inv['enabled'] else 'off'} (policy {inv['policy']}"
                  + (f", a decoding step {inv['cost']:+.0%}" if inv.get("cost") is not None else "") + ")")

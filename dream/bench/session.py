@@ -83,6 +83,7 @@ def bench_config(target_name: str, target_path: Path, target: TargetAdapter, met
         "target_fingerprint": target.fingerprint(),
         "dtype": dtype,
         "batch_invariance": target.invariance.to_json(),
+        "packed_linears": target.packed_linears,      # linears on prepacked weights, same bits (target.packing)
         "prompts_file": str(prompts_file),
         "prompts_sha256": hashlib.sha256(Path(prompts_file).read_bytes()).hexdigest(),
         "num_prompts": len(prompts),

@@ -27,6 +27,7 @@ from dream.draft.eagle_model import Eagle2Draft
 from dream.draft.head import target_head
 from dream.jsonfile import read_tagged_json
 from dream.target.identity import check_same_target
+from dream.target.packing import prepack_draft
 
 FORMAT = "dream-draft"
 FORMAT_VERSION = 1
@@ -120,6 +121,7 @@ def load_draft(path: str | Path, target: Any, *, dtype: torch.dtype = torch.floa
     draft = build_draft(draft_config)
     draft.load_state_dict(_read_weights(path / WEIGHTS_FILE, draft), strict=True)
     draft = draft.to(device=target_device(target), dtype=dtype).eval()     # the draft runs where the target does
+    prepack_draft(draft)      # loaded for inference: its linears run on prepacked weights where that is faster
     draft.bind_head(target_head(target))
     return DraftCheckpoint(draft, window, config["training"], config["target"], config["dtype"])
 

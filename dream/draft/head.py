@@ -34,10 +34,12 @@ def target_head(target: Any) -> SharedHead:
 
 def apply_head(features: Tensor, weight: Tensor, bias: Tensor | None, softcap: float | None) -> Tensor:
     """features [..., H] -> logits [..., V] exactly as the target computes them (soft-capping included)."""
-    logits = torch.nn.functional.linear(features, weight, bias)
-    if softcap is not None:
-        logits = torch.tanh(logits / softcap) * softcap
-    return logits
+    return soft_cap(torch.nn.functional.linear(features, weight, bias), softcap)
+
+
+def soft_cap(logits: Tensor, softcap: float | None) -> Tensor:
+    """Gemma-style final-logit soft-capping, cap * tanh(logits / cap); no-op without a cap."""
+    return logits if softcap is None else torch.tanh(logits / softcap) * softcap
 
 
 def frequent_vocab_map(token_counts: Tensor, size: int, required: Iterable[int] = ()) -> Tensor:

@@ -27,8 +27,9 @@ from torch import Tensor
 
 from dream.draft.compression import select_kept_positions
 from dream.draft.base import DraftModel, DraftOutput, DraftState
-from dream.draft.head import apply_head, target_head
+from dream.draft.head import soft_cap, target_head
 from dream.proposer import AcceptedStep, PrefillRequest, PromptState
+from dream.target.packing import linear_fn
 from dream.tree import Tree, TreeConfig, build_tree
 
 
@@ -54,6 +55,7 @@ class DraftProposer:
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
         self._head = draft.restricted_head(target_head(target))
+        self._project = linear_fn(self._head.weight, self._head.bias)     # prepacked where faster (target.packing)
         self._blocked = _draft_ids(draft.vocab_map, getattr(target, "image_token_id", None))
         self._state: DraftState | None = None
         self._next_position = 0                              # target position of the pending root
@@ -148,7 +150,7 @@ class DraftProposer:
         """Draft features [k, H] -> float logits [k, V_draft] with the blocked ids at -inf."""
         head = self._head
         # Trees are built on the CPU (small control structures); the [k, V_draft] logits move once.
-        logits = apply_head(features.to(head.weight.dtype), head.weight, head.bias, head.softcap).float().cpu()
+        logits = soft_cap(self._project(features.to(head.weight.dtype)), head.softcap).float().cpu()
         if self._blocked.numel():
             logits[:, self._blocked] = float("-inf")
         return logits

@@ -28,8 +28,9 @@ from .cache import TargetCache, keep_tree_entries
 from .families import IMAGE_BACKEND, Family, family_of
 from .identity import target_fingerprint
 from .inputs import InputBuilder, TargetInputs, processor_chat_template
-from .invariance import BatchInvariance, InvarianceReport
+from .invariance import BatchInvariance, InvarianceReport, linear_modules
 from .masks import TreeLayout
+from .packing import prepack_target
 
 
 @dataclass
@@ -93,6 +94,8 @@ class TargetAdapter:
         # Read off the top-level config: set there exactly when the stock class applies it (Gemma3 CausalLM).
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
         self._inputs = InputBuilder(spec, model.config, tokenizer, processor, self.max_context, model.dtype)
+        # Same bits, less time: linears whose packed call the probe found bit-equal run on packed weights.
+        self.packed_linears: int = prepack_target(linear_modules(model))
         self._invariance = BatchInvariance(model, batch_invariant)
 
     @property

@@ -40,6 +40,7 @@ from transformers import PreTrainedModel
 
 from .attention import ATTENTION_NAME, invariant_attention_name, register_dream_attention
 from .invariant_attention import attention_block
+from .packing import is_packed
 from .probe_cache import cached_probe, probe_key
 
 POLICIES = ("auto", "on", "off")
@@ -173,7 +174,9 @@ class BatchInvariance:
                  getattr(config, "num_key_value_heads", None), getattr(config, "intermediate_size", None),
                  weight.shape[0])
         pads = sorted({(members[0].out_features, members[0].in_features, pad) for members, pad in padded})
-        key = probe_key("decode-step-cost", weight.device.type, weight.dtype, *shape, pads, attention_block)
+        packed = any(is_packed(m) for m in linear_modules(model))    # packed linears make a step cheaper
+        key = probe_key("decode-step-cost", weight.device.type, weight.dtype, *shape, pads, attention_block,
+                        *(["packed"] if packed else []))
         return cached_probe(key, lambda: decode_step_cost(
             model, lambda: self._apply(padded, attention_block), self.remove))
 
