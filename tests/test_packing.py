@@ -66,7 +66,9 @@ def test_a_target_packs_only_the_shapes_whose_probe_passed(monkeypatch):
     monkeypatch.setattr(packing, "cached_packing_matches", lambda module: module.out_features == 24)
     assert prepack_target(modules) == 2
     assert [is_packed(m) for m in modules] == [True, True, False]
-    assert prepack_target(modules) == 0            # packed once
+    assert prepack_target(modules) == 2 and [is_packed(m) for m in modules] == [True, True, False]   # idempotent
+    monkeypatch.setattr(packing, "can_prepack", lambda weight: False)      # e.g. moved to a GPU
+    assert prepack_target(modules) == 0 and not any(is_packed(m) for m in modules)
 
 
 def test_the_probe_rejects_a_kernel_that_changes_bits(monkeypatch):

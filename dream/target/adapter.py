@@ -94,9 +94,8 @@ class TargetAdapter:
         # Read off the top-level config: set there exactly when the stock class applies it (Gemma3 CausalLM).
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
         self._inputs = InputBuilder(spec, model.config, tokenizer, processor, self.max_context, model.dtype)
-        # Same bits, less time: linears whose packed call the probe found bit-equal run on packed weights.
-        self.packed_linears: int = prepack_target(linear_modules(model))
-        self._invariance = BatchInvariance(model, batch_invariant)
+        self.packed_linears: int = 0     # linears on prepacked weights (set by _kernels)
+        self._invariance = self._kernels(batch_invariant)
 
     @property
     def verify_mode(self) -> VerifyMode:
@@ -117,8 +116,14 @@ class TargetAdapter:
         """Switch the batch-invariant mode ("auto" | "on" | "off"); it probes the kernels of the model's
         current device, dtype and thread count, so call it again after changing them."""
         self._invariance.remove()
-        self._invariance = BatchInvariance(self.model, policy)
+        self._invariance = self._kernels(policy)
         return self.invariance
+
+    def _kernels(self, policy: str) -> BatchInvariance:
+        """Prepacked linears (same bits, less time: dream.target.packing), then the batch-invariant mode, both
+        for the model's current device and dtype."""
+        self.packed_linears = prepack_target(linear_modules(self.model))
+        return BatchInvariance(self.model, policy)
 
     @classmethod
     def from_pretrained(

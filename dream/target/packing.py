@@ -13,7 +13,8 @@ the same bits, so exactness, the batch-invariant mode's probes (which call `F.li
 (the same model object) are unchanged: only the time a call takes differs. Drafts (`prepack_draft`) are packed
 without the probe: a draft only proposes, the verifier decides every token.
 
-Only bf16 on CPUs that multiply it natively (AVX-512 BF16, AMX), where it was measured (elsewhere oneDNN would
+The packed copies take as much memory again as the weights they copy (270 MB for smolvlm-135m's linears and
+head in bf16). Only bf16 on CPUs that multiply it natively (AVX-512 BF16, AMX), where it was measured (elsewhere oneDNN would
 emulate bf16; fp32 there is `auto`'s dtype on AVX2-only CPUs, where packing was not measured). A packed call
 under autograd falls back to the dense one (oneDNN's packed linear has no backward).
 """
@@ -75,19 +76,29 @@ def pack(module: nn.Linear) -> None:
             return F.linear(x, weight, module.bias)
         return linear(x)
 
+    forward.packed = True  # type: ignore[attr-defined]
     module.forward = forward
 
 
+def unpack(module: nn.Module) -> None:
+    if is_packed(module):
+        del module.forward
+
+
 def is_packed(module: nn.Module) -> bool:
-    return "forward" in vars(module)
+    return getattr(vars(module).get("forward"), "packed", False)
 
 
 def prepack_target(modules: Iterable[nn.Linear]) -> int:
-    """Pack every linear whose shape passed the bit-equality probe here; returns how many were packed."""
+    """Pack every linear whose shape passed the bit-equality probe here, unpack those that can no longer run
+    packed (moved to another device or dtype); returns how many run packed."""
     packed = 0
     for module in modules:
-        if can_prepack(module.weight) and not is_packed(module) and cached_packing_matches(module):
-            pack(module)
+        if not can_prepack(module.weight):
+            unpack(module)
+        elif is_packed(module) or cached_packing_matches(module):
+            if not is_packed(module):
+                pack(module)
             packed += 1
     return packed
 
