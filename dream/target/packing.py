@@ -14,9 +14,9 @@ the same bits, so exactness, the batch-invariant mode's probes (which call `F.li
 without the probe: a draft only proposes, the verifier decides every token.
 
 The packed copies take as much memory again as the weights they copy (270 MB for smolvlm-135m's linears and
-head in bf16). Only bf16 on CPUs that multiply it natively (AVX-512 BF16, AMX), where it was measured (elsewhere oneDNN would
-emulate bf16; fp32 there is `auto`'s dtype on AVX2-only CPUs, where packing was not measured). A packed call
-under autograd falls back to the dense one (oneDNN's packed linear has no backward).
+head in bf16). Only bf16 on CPUs that multiply it natively (AVX-512 BF16, AMX), where it was measured:
+elsewhere oneDNN would emulate bf16, and fp32, `auto`'s dtype on AVX2-only CPUs, was not measured there. A
+packed call under autograd falls back to the dense one (oneDNN's packed linear has no backward).
 """
 
 from __future__ import annotations
