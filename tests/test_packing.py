@@ -68,6 +68,10 @@ def test_a_target_packs_only_the_shapes_whose_probe_passed(monkeypatch):
     assert prepack_target(modules) == 2 and [is_packed(m) for m in modules] == [True, True, False]   # idempotent
     monkeypatch.setattr(packing, "can_prepack", lambda weight: False)      # e.g. moved to a GPU
     assert prepack_target(modules) == 0 and not any(is_packed(m) for m in modules)
+    monkeypatch.setattr(packing, "can_prepack", lambda weight: True)
+    hooked = modules[0].forward                  # a forward someone else set on the instance stays theirs
+    modules[0].forward = lambda x: hooked(x)
+    assert prepack_target(modules) == 1 and not is_packed(modules[0]) and is_packed(modules[1])
 
 
 def test_the_probe_rejects_a_kernel_that_changes_bits(monkeypatch):

@@ -89,11 +89,19 @@ def is_packed(module: nn.Module) -> bool:
     return getattr(vars(module).get("forward"), "packed", False)
 
 
+def _wrapped(module: nn.Module) -> bool:
+    """Whether something else set the module's forward on the instance (accelerate's offloading hooks do):
+    such a module is left alone."""
+    return "forward" in vars(module) and not is_packed(module)
+
+
 def prepack_target(modules: Iterable[nn.Linear]) -> int:
     """Pack every linear whose shape passed the bit-equality probe here, unpack those that can no longer run
     packed (moved to another device or dtype); returns how many run packed."""
     packed = 0
     for module in modules:
+        if _wrapped(module):
+            continue
         if not can_prepack(module.weight):
             unpack(module)
         elif is_packed(module) or cached_packing_matches(module):
@@ -105,7 +113,8 @@ def prepack_target(modules: Iterable[nn.Linear]) -> int:
 
 def prepack_draft(model: nn.Module) -> int:
     """Pack every linear of a draft loaded for inference (no probe: see the module docstring)."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and can_prepack(m.weight)]
+    linears = [m for m in model.modules()
+               if isinstance(m, nn.Linear) and can_prepack(m.weight) and not is_packed(m) and not _wrapped(m)]
     for module in linears:
         pack(module)
     return len(linears)
