@@ -53,6 +53,11 @@ def test_a_packed_linear_falls_back_where_the_packed_kernel_cannot_serve():
     x = torch.randn(2, 16, requires_grad=True)
     module(x).sum().backward()
     assert x.grad is not None and module.weight.grad is not None
+    # Weights written in place after packing: the packed copy is stale, calls run dense on the new weight.
+    with torch.no_grad():
+        module.weight.mul_(2)
+        x = torch.randn(2, 16)
+        assert torch.equal(module(x), nn.functional.linear(x, module.weight, module.bias))
     # After a dtype change the packed copy is stale: calls run dense on the module's current weight.
     module.to(torch.float64)
     x = torch.randn(2, 16, dtype=torch.float64)

@@ -65,13 +65,15 @@ def linear_fn(weight: Tensor, bias: Tensor | None) -> Callable[[Tensor], Tensor]
 
 def pack(module: nn.Linear) -> None:
     """Run `module` on its weight packed now: its forward, set on the instance, so hooks, parameters and the
-    state dict stay. After the module moves or changes dtype, and where gradients are wanted, calls run dense
-    on its current weight."""
+    state dict stay. Calls run dense on the module's current weight where the packed copy no longer stands
+    for it (the weight was replaced, written in place, moved or cast) and where gradients are wanted."""
+    packed_weight, version = module.weight, module.weight._version
     linear = packed_linear(module.weight, module.bias)
 
     def forward(x: Tensor) -> Tensor:
         weight = module.weight
-        if (x.device != weight.device or x.dtype != weight.dtype
+        stale = weight is not packed_weight or weight._version != version
+        if (stale or x.dtype != weight.dtype or x.device != weight.device
                 or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
             return F.linear(x, weight, module.bias)
         return linear(x)
