@@ -41,17 +41,24 @@ def can_prepack(weight: Tensor) -> bool:
             and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+def _packed_call(weight: Tensor, bias: Tensor | None) -> Callable[[Tensor], Tensor]:
+    """x -> oneDNN's linear on `weight` packed now; no checks (the callers make them)."""
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_size=1)
+    bias = None if bias is None else bias.detach()
+    return lambda x: torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
+
+
 def packed_linear(weight: Tensor, bias: Tensor | None) -> Callable[[Tensor], Tensor]:
     """x -> F.linear(x, weight, bias) on a copy of `weight` packed now (stale if the weight changes in place).
     A call the packed kernel cannot serve (another device or dtype, or under autograd: oneDNN's packed linear
     has no backward) runs the dense one."""
     weight, bias = weight.detach(), None if bias is None else bias.detach()
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight, batch_size=1)
+    call = _packed_call(weight, bias)
 
     def linear(x: Tensor) -> Tensor:
         if x.device != weight.device or x.dtype != weight.dtype or (torch.is_grad_enabled() and x.requires_grad):
             return F.linear(x, weight, bias)
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
+        return call(x)
 
     return linear
 
@@ -68,7 +75,7 @@ def pack(module: nn.Linear) -> None:
     state dict stay. Calls run dense on the module's current weight where the packed copy no longer stands
     for it (the weight was replaced, written in place, moved or cast) and where gradients are wanted."""
     packed_weight, version = module.weight, module.weight._version
-    linear = packed_linear(module.weight, module.bias)
+    call = _packed_call(module.weight, module.bias)      # the checks below cover the dense cases, once
 
     def forward(x: Tensor) -> Tensor:
         weight = module.weight
@@ -76,7 +83,7 @@ def pack(module: nn.Linear) -> None:
         if (stale or x.dtype != weight.dtype or x.device != weight.device
                 or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
             return F.linear(x, weight, module.bias)
-        return linear(x)
+        return call(x)
 
     forward.packed = True  # type: ignore[attr-defined]
     module.forward = forward
