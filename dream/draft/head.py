@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dream.target.head import final_softcap, soft_cap
+
 
 @dataclass(frozen=True)
 class SharedHead:
@@ -26,20 +28,13 @@ def target_head(target: Any) -> SharedHead:
     """The LM head of a TargetAdapter (or of a bare transformers model)."""
     model = getattr(target, "model", target)
     linear = model.get_output_embeddings()
-    # The top-level config, as TargetAdapter.head reads it: stock Gemma3ForCausalLM soft-caps its logits,
-    # Gemma3ForConditionalGeneration (whose text config also carries the field) does not.
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    return SharedHead(linear.weight.detach(), None if linear.bias is None else linear.bias.detach(), softcap)
+    bias = None if linear.bias is None else linear.bias.detach()
+    return SharedHead(linear.weight.detach(), bias, final_softcap(model.config))
 
 
 def apply_head(features: Tensor, weight: Tensor, bias: Tensor | None, softcap: float | None) -> Tensor:
     """features [..., H] -> logits [..., V] exactly as the target computes them (soft-capping included)."""
     return soft_cap(torch.nn.functional.linear(features, weight, bias), softcap)
-
-
-def soft_cap(logits: Tensor, softcap: float | None) -> Tensor:
-    """Gemma-style final-logit soft-capping, cap * tanh(logits / cap); no-op without a cap."""
-    return logits if softcap is None else torch.tanh(logits / softcap) * softcap
 
 
 def frequent_vocab_map(token_counts: Tensor, size: int, required: Iterable[int] = ()) -> Tensor:

@@ -27,8 +27,9 @@ from torch import Tensor
 
 from dream.draft.compression import select_kept_positions
 from dream.draft.base import DraftModel, DraftOutput, DraftState
-from dream.draft.head import soft_cap, target_head
+from dream.draft.head import target_head
 from dream.proposer import AcceptedStep, PrefillRequest, PromptState
+from dream.target.head import soft_cap
 from dream.target.packing import linear_fn
 from dream.tree import Tree, TreeConfig, build_tree
 

@@ -28,6 +28,7 @@ from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.models.utils import _merge_multimodal_embeddings
 
 from dream.serving.export import ExportedConfig
+from dream.target.head import final_softcap, soft_cap
 from dream.target.identity import check_same_target
 
 # Text model types whose token embeddings are scaled by sqrt(hidden_size) (vLLM's Gemma models multiply the
@@ -69,7 +70,7 @@ class TargetSharedIO:
         text_config = vllm_config.model_config.hf_text_config
         self.embed_scale: float | None = (text_config.hidden_size**0.5
                                           if text_config.model_type in SCALED_EMBEDDING_TYPES else None)
-        self.logit_softcap: float | None = getattr(text_config, "final_logit_softcapping", None)
+        self.logit_softcap: float | None = final_softcap(text_config)   # vLLM's language models read it there
         self.sequence_positions: bool = vllm_config.model_config.uses_mrope
 
     def draft_positions(self, positions: torch.Tensor) -> torch.Tensor:
@@ -140,8 +141,7 @@ class TargetSharedIO:
                 weight = self.lm_head.weight
                 self._reduced_head = weight.index_select(0, vocab_map.to(weight.device)).to(hidden_states.dtype)
             reduced = torch.nn.functional.linear(hidden_states, self._reduced_head)
-        if self.logit_softcap:
-            reduced = self.logit_softcap * torch.tanh(reduced / self.logit_softcap)    # as the target's head
+        reduced = soft_cap(reduced, self.logit_softcap)    # as the target's head
         if self.image_token_id is not None:
             reduced = reduced.masked_fill(vocab_map == self.image_token_id, float("-inf"))
         return reduced

@@ -26,6 +26,7 @@ from .attention import (ATTENTION_NAME, VERIFY_MODES, AttentionObserver, StatsRe
                         register_dream_attention, tree_verify)
 from .cache import TargetCache, keep_tree_entries
 from .families import IMAGE_BACKEND, Family, family_of
+from .head import final_softcap, soft_cap
 from .identity import target_fingerprint
 from .inputs import InputBuilder, TargetInputs, processor_chat_template
 from .invariance import BatchInvariance, InvarianceReport, linear_modules
@@ -91,8 +92,7 @@ class TargetAdapter:
         self._base = model.model  # VLM: vision + merge + language model; text LM: the decoder itself
         self._lm = model.model.get_decoder()  # the text decoder (language_model / text_model / itself)
         self._layers = self._lm.layers
-        # Read off the top-level config: set there exactly when the stock class applies it (Gemma3 CausalLM).
-        self._softcap = getattr(model.config, "final_logit_softcapping", None)
+        self._softcap = final_softcap(model.config)
         self._inputs = InputBuilder(spec, model.config, tokenizer, processor, self.max_context, model.dtype)
         self.packed_linears: int = 0     # linears on prepacked weights (set by _kernels)
         self._invariance = self._kernels(batch_invariant)
@@ -272,10 +272,7 @@ class TargetAdapter:
 
     def head(self, features: Tensor) -> Tensor:
         """[..., H] -> [..., V], with final-logit soft-capping where the stock class applies it."""
-        logits = self.model.get_output_embeddings()(features)
-        if self._softcap is not None:
-            logits = torch.tanh(logits / self._softcap) * self._softcap
-        return logits
+        return soft_cap(self.model.get_output_embeddings()(features), self._softcap)
 
     def fingerprint(self) -> dict:
         """Identity of the target a draft was trained against (dream.target.identity)."""
