@@ -44,6 +44,7 @@ def test_doctor_reports_every_check(setup, capsys):
     assert doc["mismatches"] == {"ar": 0, "pld": 0, "dream": 0} and doc["exact"]
     assert [p["nodes"] for p in doc["verify_curve"]] == [1, 2, 3, 4, 5, 6]
     assert doc["verify_curve"][0]["steps"] == 1.0 and all(p["seconds"] > 0 for p in doc["verify_curve"])
+    assert doc["verify_curve"][0]["median_steps"] == 1.0 and all(p["median_steps"] > 0 for p in doc["verify_curve"])
     assert not [f["name"] for f in doc["findings"] if f["section"] == "row-wise" and f["differs"]]
 
 

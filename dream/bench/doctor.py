@@ -13,6 +13,7 @@ From them it recommends a dtype and the largest tree whose verify stays within V
 from __future__ import annotations
 
 import platform
+import statistics
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Sequence
@@ -38,7 +39,8 @@ class VerifyPoint:
     nodes: int
     depth: int
     seconds: float
-    steps: float  # seconds over one decoding step's
+    steps: float  # seconds over one decoding step's (the fastest rounds of each)
+    median_steps: float  # the same for the median rounds: apart from `steps` where the machine's speed swings
 
 
 @dataclass
@@ -101,7 +103,8 @@ def greedy_mismatches(target: TargetAdapter, inputs: Sequence[TargetInputs], met
 @torch.no_grad()
 def verify_curve(target: TargetAdapter, inputs: TargetInputs, max_nodes: int, repeats: int) -> list[VerifyPoint]:
     """Seconds of a verify over N nodes (N = 1: a decoding step) after the prompt, the cache rewound after
-    each; the fastest of `repeats`, rounds of all sizes interleaved so drifting load hits them alike."""
+    each; the fastest of `repeats` (and the median), rounds of all sizes interleaved so drifting load hits
+    them alike."""
     cache = target.new_cache()
     target.prefill(inputs, cache)
     keep_nothing = torch.zeros(0, dtype=torch.long)
@@ -114,11 +117,13 @@ def verify_curve(target: TargetAdapter, inputs: TargetInputs, max_nodes: int, re
         target.commit(cache, tree.num_nodes, keep_nothing)
         return seconds
 
-    best = [round_s(tree) for tree in trees]  # the first round of each size also warms it up
-    for _ in range(repeats):
-        best = [min(b, round_s(tree)) for b, tree in zip(best, trees)]
-    step = best[0]
-    return [VerifyPoint(t.num_nodes, int(t.depths.max()), s, s / step) for t, s in zip(trees, best)]
+    for tree in trees:  # warm-up
+        round_s(tree)
+    rounds = [[round_s(tree) for tree in trees] for _ in range(max(repeats, 1))]
+    best = [min(size) for size in zip(*rounds)]
+    median = [statistics.median(size) for size in zip(*rounds)]
+    return [VerifyPoint(t.num_nodes, int(t.depths.max()), s, s / best[0], m / median[0])
+            for t, s, m in zip(trees, best, median)]
 
 
 def format_report(report: DoctorReport) -> str:
@@ -146,7 +151,8 @@ def format_report(report: DoctorReport) -> str:
                  + ", ".join(f"{name} {n} differ" for name, n in report.mismatches.items()))
     lines.append("verify cost, N nodes in decoding steps (N = 1 is one step: "
                  f"{report.curve[0].seconds * 1e3:.1f} ms):")
-    lines.append("  " + "  ".join(f"{p.nodes}:{p.steps:.2f}" for p in report.curve))
+    lines.append("  fastest rounds: " + "  ".join(f"{p.nodes}:{p.steps:.2f}" for p in report.curve))
+    lines.append("  median rounds:  " + "  ".join(f"{p.nodes}:{p.median_steps:.2f}" for p in report.curve))
     dtype, tree = report.recommendation()
     advice = ("no tree verifies within "
               f"{VERIFY_BUDGET} steps: decode plainly" if tree is None else
