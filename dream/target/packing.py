@@ -48,6 +48,12 @@ def _packed_call(weight: Tensor, bias: Tensor | None) -> Callable[[Tensor], Tens
     return lambda x: torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
 
 
+def _runs_dense(x: Tensor, weight: Tensor) -> bool:
+    """Whether the packed kernel cannot serve this call: another device or dtype, or gradients wanted."""
+    return (x.device != weight.device or x.dtype != weight.dtype
+            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+
+
 def packed_linear(weight: Tensor, bias: Tensor | None) -> Callable[[Tensor], Tensor]:
     """x -> F.linear(x, weight, bias) on a copy of `weight` packed now (stale if the weight changes in place).
     A call the packed kernel cannot serve (another device or dtype, or under autograd: oneDNN's packed linear
@@ -56,9 +62,7 @@ def packed_linear(weight: Tensor, bias: Tensor | None) -> Callable[[Tensor], Ten
     call = _packed_call(weight, bias)
 
     def linear(x: Tensor) -> Tensor:
-        if x.device != weight.device or x.dtype != weight.dtype or (torch.is_grad_enabled() and x.requires_grad):
-            return F.linear(x, weight, bias)
-        return call(x)
+        return F.linear(x, weight, bias) if _runs_dense(x, weight) else call(x)
 
     return linear
 
@@ -80,10 +84,7 @@ def pack(module: nn.Linear) -> None:
     def forward(x: Tensor) -> Tensor:
         weight = module.weight
         stale = weight is not packed_weight or weight._version != version
-        if (stale or x.dtype != weight.dtype or x.device != weight.device
-                or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
-            return F.linear(x, weight, module.bias)
-        return call(x)
+        return F.linear(x, weight, module.bias) if stale or _runs_dense(x, weight) else call(x)
 
     forward.packed = True  # type: ignore[attr-defined]
     module.forward = forward
@@ -113,10 +114,9 @@ def prepack_target(modules: Iterable[nn.Linear]) -> int:
             continue
         if not can_prepack(module.weight):
             unpack(module)
-        elif is_packed(module) or cached_packing_matches(module):
-            if not is_packed(module):
-                pack(module)
-            packed += 1
+        elif not is_packed(module) and cached_packing_matches(module):
+            pack(module)
+        packed += is_packed(module)
     return packed
 
 
