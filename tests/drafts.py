@@ -8,7 +8,7 @@ from torch import Tensor
 from dream.draft import DraftConfig, build_draft, target_head
 from dream.draft.compression import select_kept_positions
 from dream.target import TargetInputs
-from dream.training.data import PER_TOKEN_KWARGS
+from dream.target.inputs import PER_TOKEN_KWARGS
 from dream.training.loop import Batch, forward_loss
 from dream.training.losses import LossWeights, teacher_forced_loss
 

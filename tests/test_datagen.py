@@ -133,6 +133,27 @@ def test_selected_layer_and_tensors_match_eager_reference(tiny_target_path, tiny
     torch.testing.assert_close(target.embed(sample.input_ids)[text], hidden[0][text], atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("family", ["smolvlm", "qwen2_vl"])
+def test_batched_feature_pass_makes_the_one_at_a_time_shards(tiny_target_path, tmp_path, family):
+    """Conversations of different lengths share a right-padded forward: same entries, in the same order,
+    with the tensors of the one-at-a-time pass (fp32, up to batched-kernel rounding)."""
+    data = write_dataset(tmp_path / "data", num=6)
+    shards = {}
+    for size in (1, 4):
+        out = tmp_path / f"fb{size}"
+        manifest = run_datagen(make_config(tiny_target_path(family), data, out, batch_size=6, shard_size=6,
+                                           feature_batch_size=size, storage_dtype="fp32"))
+        assert manifest["num_samples"] == 6
+        shards[size] = ShardDataset(out)
+    lengths = {shards[1][i].input_ids.shape[0] for i in range(6)}
+    assert len(lengths) > 1                      # padding happened
+    for i in range(6):
+        one, batched = shards[1][i], shards[4][i]
+        assert torch.equal(one.input_ids, batched.input_ids) and torch.equal(one.mid_layers, batched.mid_layers)
+        for name in ("features", "mid_features", "aux_features", "visual_embeds", "visual_scores"):
+            torch.testing.assert_close(getattr(batched, name), getattr(one, name), atol=1e-5, rtol=1e-5)
+
+
 def test_layer_window_restricts_and_static_layer_fixes_the_choice(tiny_target_path, tmp_path):
     data = write_dataset(tmp_path / "data", num=2)
     run_datagen(make_config(tiny_target_path("gemma3"), data, tmp_path / "w", layer_window=parse_layer_window("1:")))
@@ -250,15 +271,16 @@ def test_bad_entries_are_skipped_and_counted_never_fatal(tiny_target_path, tmp_p
     data.write_text(json.dumps(entries))
     real_extract = datagen_module._extract
 
-    def failing_third(target, inputs, loss_mask, cfg):
-        if failing_third.calls == 1:
-            failing_third.calls += 1
+    def failing_second(target, samples, cfg):
+        if len(samples) > 1:
+            raise RuntimeError("out of memory")  # the batched forward fails: each sample is retried alone
+        failing_second.calls += 1
+        if failing_second.calls == 2:
             raise RuntimeError("kernel fault")
-        failing_third.calls += 1
-        return real_extract(target, inputs, loss_mask, cfg)
+        return real_extract(target, samples, cfg)
 
-    failing_third.calls = 0
-    monkeypatch.setattr(datagen_module, "_extract", failing_third)
+    failing_second.calls = 0
+    monkeypatch.setattr(datagen_module, "_extract", failing_second)
     manifest = run_datagen(make_config(tiny_target_path("llava"), data, tmp_path / "out"))
     reasons = [s["reason"] for s in manifest["skipped"]]
     assert manifest["num_samples"] == 2 and len(reasons) == 2

@@ -86,3 +86,30 @@ def test_layer_outputs_and_input_embeds_match_hidden_states(tiny_target, tiny_ta
     text = ~inputs.visual_mask[0]
     torch.testing.assert_close(out.input_embeds[0, text], adapter.embed(inputs.input_ids[0, text]), atol=0, rtol=0)
     assert list(out.layer_outputs) == list(range(adapter.num_layers))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_prefill_gives_each_prompt_its_own_prefill(tiny_target, family):
+    """Right-padded prompts of different lengths in one forward: each row's features, embeddings, layer
+    outputs and statistics equal the prompt's own prefill (fp32, up to batched-kernel rounding)."""
+    adapter = tiny_target(family)
+    images = [tiny_image(i, (48, 32)) for i in range(3)] if family in VLM_FAMILIES else []
+    questions = ["What is shown here?", "Name every color you see in this picture, and where.", "Why?"]
+    batch = []
+    for i, question in enumerate(questions):
+        content = ([{"type": "image"}] if images else []) + [{"type": "text", "text": question}]
+        batch.append(adapter.build_inputs([{"role": "user", "content": content}], images[i: i + 1]))
+    lengths = [inputs.input_ids.shape[1] for inputs in batch]
+    assert len(set(lengths)) == 3  # every row but the longest is padded
+    layers = [0, adapter.num_layers - 1]
+    outs = adapter.prefill_batch(batch, layers=layers, entropy=True, visual_scores=True)
+    for inputs, out in zip(batch, outs):
+        own = adapter.prefill(inputs, adapter.new_cache(), layers=layers, entropy=True, visual_scores=True)
+        for got, want in [(out.features, own.features), (out.input_embeds, own.input_embeds),
+                          (out.logits, own.logits), (out.stats.entropy, own.stats.entropy),
+                          *[(out.layer_outputs[k], own.layer_outputs[k]) for k in layers]]:
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-5)
+        if images:
+            # Padding rows attend to the visual tokens too; they must not add to the scores.
+            torch.testing.assert_close(out.stats.visual_scores, own.stats.visual_scores, atol=ATOL, rtol=1e-5)

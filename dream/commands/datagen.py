@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", type=int, default=256, help="entries per shard")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="conversations generated together (vllm: requests in flight)")
+    parser.add_argument("--feature-batch-size", type=int, default=8,
+                        help="conversations per teacher-forced feature forward (similar lengths together)")
     parser.add_argument("--engine", choices=ENGINES, default="hf",
                         help="what regenerates the answers: hf (batched generate) or vllm (continuous batching; "
                              "answers kept in OUT/answers/, then the HF target extracts the features)")
@@ -38,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = DatagenConfig(
         target=args.target, data=args.data, image_folder=args.image_folder, out=args.out,
         keep_answers=args.keep_answers, max_samples=args.max_samples, shard_size=args.shard_size,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, layer_window=args.layer_window,
+        batch_size=args.batch_size, feature_batch_size=args.feature_batch_size, max_new_tokens=args.max_new_tokens,
+        layer_window=args.layer_window,
         dtype=args.dtype, storage_dtype=args.storage_dtype, device=args.device, engine=args.engine,
         temperature=args.temperature,
     )

@@ -28,7 +28,7 @@ from .cache import TargetCache, keep_tree_entries
 from .families import IMAGE_BACKEND, Family, family_of
 from .head import final_softcap, soft_cap
 from .identity import target_fingerprint
-from .inputs import InputBuilder, TargetInputs, processor_chat_template
+from .inputs import InputBuilder, TargetInputs, pad_batch, processor_chat_template
 from .invariance import BatchInvariance, InvarianceReport, linear_modules
 from .masks import TreeLayout
 from .packing import prepack_target
@@ -192,33 +192,64 @@ class TargetAdapter:
         if cache.get_seq_length() != 0:
             raise ValueError("prefill needs an empty cache (TargetAdapter.new_cache())")
         self._check_layers(layers)
+        recorder = StatsRecorder(self.num_layers, entropy, visual_scores) if entropy or visual_scores else None
+        out, embeds, layer_outputs = self._recorded_forward(inputs.input_ids, inputs.model_kwargs, cache, layers,
+                                                            recorder)
+        if self._spec.mrope and self._base.rope_deltas is not None:
+            cache.rope_delta = int(self._base.rope_deltas.flatten()[0])
+        features = out.last_hidden_state
+        logits = self.head(features if all_logits else features[:, -1:])
+        stats = None
+        if recorder is not None:
+            stats = _row_stats(recorder.entropy_matrix(), recorder.received, 0, inputs.visual_mask[0])
+        return ForwardOutput(logits, features, embeds, layer_outputs, stats)
+
+    @torch.no_grad()
+    def prefill_batch(self, batch: Sequence[TargetInputs], *, layers: Sequence[int] = (), entropy: bool = False,
+                      visual_scores: bool = False) -> list[ForwardOutput]:
+        """Several prompts of one `batch_signature` in one forward, right-padded, each into a fresh cache that
+        is dropped (teacher-forced feature extraction): per prompt what prefill() returns, cut to its length.
+        Causal attention keeps the padding out of every real row; a batched kernel may still round a row
+        differently than the prompt alone (in bf16 as batched generate() does)."""
+        self._check_layers(layers)
+        pad = self.tokenizer.pad_token_id
+        input_ids, mask, model_kwargs = pad_batch(batch, min(self.eos_token_ids) if pad is None else pad, "right")
+        lengths = mask.sum(1)
+        recorder = None
+        if entropy or visual_scores:
+            recorder = StatsRecorder(self.num_layers, entropy, visual_scores, lengths=lengths)
+        out, embeds, layer_outputs = self._recorded_forward(input_ids, model_kwargs, self.new_cache(), layers,
+                                                            recorder)
+        entropy = None if recorder is None else recorder.entropy_matrix()
+        results = []
+        for row, (inputs, n) in enumerate(zip(batch, lengths.tolist())):
+            features = out.last_hidden_state[row: row + 1, :n]
+            stats = None if recorder is None else _row_stats(entropy, recorder.received, row, inputs.visual_mask[0])
+            results.append(ForwardOutput(self.head(features[:, -1:]), features, embeds[row: row + 1, :n],
+                                         {k: v[row: row + 1, :n] for k, v in layer_outputs.items()}, stats))
+        return results
+
+    def _recorded_forward(self, input_ids: Tensor, model_kwargs: dict[str, Any], cache: TargetCache,
+                          layers: Sequence[int], recorder: StatsRecorder | None
+                          ) -> tuple[Any, Tensor, dict[int, Tensor]]:
+        """The stock forward over whole prompts: its output, the merged input embeddings the language model
+        received and the outputs of `layers`; `recorder` collects attention statistics on the way."""
         if self._spec.mrope:
             self._base.rope_deltas = None  # otherwise a text-only prompt would inherit the last image's delta
         device = self.model.device
-        input_ids = inputs.input_ids.to(device)
-        model_kwargs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.model_kwargs.items()}
+        input_ids = input_ids.to(device)
+        model_kwargs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in model_kwargs.items()}
         captured: dict[str, Tensor] = {}
         layer_outputs: dict[int, Tensor] = {}
-        recorder = None
-        if entropy or visual_scores:
-            visual = inputs.visual_mask[0].to(device).nonzero().flatten() if visual_scores else None
-            recorder = StatsRecorder(self.num_layers, entropy=entropy, visual_positions=visual)
         with ExitStack() as stack:
             stack.callback(self._lm.register_forward_pre_hook(_capture_embeds(captured), with_kwargs=True).remove)
             self._capture_layers(stack, layers, layer_outputs)
             if recorder is not None:
                 stack.enter_context(recording(recorder))
             out = self._base(input_ids=input_ids, past_key_values=cache, use_cache=True, **model_kwargs)
-        if self._spec.mrope and self._base.rope_deltas is not None:
-            cache.rope_delta = int(self._base.rope_deltas.flatten()[0])
         # A text LM embeds its input_ids itself: then those embeddings are all it received.
         embeds = captured["inputs_embeds"] if "inputs_embeds" in captured else self.embed(input_ids)
-        stats = None
-        if recorder is not None:
-            stats = AttentionStats(entropy=recorder.entropy_matrix(), visual_scores=recorder.visual_scores)
-        features = out.last_hidden_state
-        logits = self.head(features if all_logits else features[:, -1:])
-        return ForwardOutput(logits, features, embeds, dict(sorted(layer_outputs.items())), stats)
+        return out, embeds, dict(sorted(layer_outputs.items()))
 
     @torch.no_grad()
     def verify(self, tokens: Tensor, ancestors: Tensor, depths: Tensor, cache: TargetCache, *,
@@ -286,6 +317,15 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[
         if source is not None:
             ids.update([source] if isinstance(source, int) else source)
     return ids
+
+
+def _row_stats(entropy: Tensor | None, received: Tensor | None, row: int, visual_mask: Tensor) -> AttentionStats:
+    """One prompt's statistics from a recorded (batched) prefill ([B, L, S] entropy, [B, S] attention each key
+    received), cut to its length and visual positions."""
+    entropy = None if entropy is None else entropy[row, :, : visual_mask.shape[0]]
+    if received is not None:
+        received = received[row, visual_mask.to(received.device).nonzero().flatten()]
+    return AttentionStats(entropy=entropy, visual_scores=received)
 
 
 def _capture_embeds(store: dict[str, Tensor]):

@@ -94,32 +94,37 @@ def tree_verify(layout: TreeLayout, mode: VerifyMode, observe: AttentionObserver
 
 @dataclass
 class StatsRecorder:
-    """Collects per-layer reductions of the attention weights during one prefill."""
+    """Collects per-layer reductions of the attention weights during one prefill, of one prompt or of a batch
+    right-padded to `lengths` (causal attention keeps the padding out of every real query's weights)."""
 
     num_layers: int
     entropy: bool  # record per-query head-mean entropy on every layer
-    visual_positions: Tensor | None  # [S_vis] key positions scored in the last layer; None: no scores
-    entropy_rows: dict[int, Tensor] = field(default_factory=dict)  # layer -> [S]
-    visual_scores: Tensor | None = None  # [S_vis]
+    key_scores: bool  # record the attention each key receives in the LAST layer
+    lengths: Tensor | None = None  # [B] real queries per row; None: all of them
+    entropy_rows: dict[int, Tensor] = field(default_factory=dict)  # layer -> [B, S]
+    received: Tensor | None = None  # [B, S]: attention each key receives, summed over real queries, head mean
 
     def wants(self, layer_idx: int | None) -> bool:
         if layer_idx is None:
             return False
-        return self.entropy or (self.visual_positions is not None and layer_idx == self.num_layers - 1)
+        return self.entropy or (self.key_scores and layer_idx == self.num_layers - 1)
 
     def record(self, layer_idx: int, weights: Tensor) -> None:
-        """weights: [1, H, Q, K] float32 softmax probabilities of one layer."""
+        """weights: [B, H, Q, K] float32 softmax probabilities of one layer."""
         if self.entropy:
-            self.entropy_rows[layer_idx] = -torch.special.xlogy(weights, weights).sum(-1).mean(1)[0]
-        if self.visual_positions is not None and layer_idx == self.num_layers - 1:
-            received = weights[0][:, :, self.visual_positions].sum(1)  # [H, S_vis], summed over queries
-            self.visual_scores = received.mean(0)
+            self.entropy_rows[layer_idx] = -torch.special.xlogy(weights, weights).sum(-1).mean(1)
+        if self.key_scores and layer_idx == self.num_layers - 1:
+            if self.lengths is not None:  # padding queries attend too, and must not score the keys
+                queries = torch.arange(weights.shape[2], device=weights.device)
+                real = queries < self.lengths.to(weights.device)[:, None]  # [B, Q]
+                weights = weights * real[:, None, :, None]
+            self.received = weights.sum(2).mean(1)
 
-    def entropy_matrix(self) -> Tensor | None:  # [L, S]
+    def entropy_matrix(self) -> Tensor | None:  # [B, L, S]
         if not self.entropy:
             return None
         assert len(self.entropy_rows) == self.num_layers, "a decoder layer bypassed the dream attention"
-        return torch.stack([self.entropy_rows[i] for i in range(self.num_layers)])
+        return torch.stack([self.entropy_rows[i] for i in range(self.num_layers)], dim=1)
 
 
 _RECORDER: ContextVar[StatsRecorder | None] = ContextVar("dream_stats_recorder", default=None)

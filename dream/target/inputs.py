@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from PIL import Image
@@ -19,6 +19,9 @@ from transformers import PreTrainedConfig, PreTrainedTokenizerBase
 from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
 
 from .families import Family
+
+
+PER_TOKEN_KWARGS = ("token_type_ids", "mm_token_type_ids")  # model kwargs with one entry per token [1, S]
 
 
 @dataclass
@@ -172,3 +175,34 @@ def processor_chat_template(path: str | Path) -> str | None:
     if (path / "chat_template.json").is_file():
         return json.loads((path / "chat_template.json").read_text()).get("chat_template")
     return None
+
+
+def batch_signature(inputs: TargetInputs) -> tuple:
+    """Inputs with equal signatures can share a batch: their image tensors have the same shape past the first
+    dim (images split into different numbers of tiles, or no image at all, differ)."""
+    kwargs = inputs.model_kwargs
+    return tuple(sorted((k, tuple(v.shape[1:]), str(v.dtype)) for k, v in kwargs.items()
+                        if torch.is_tensor(v) and k not in PER_TOKEN_KWARGS))
+
+
+def pad_batch(batch: Sequence[TargetInputs], pad_id: int, side: Literal["left", "right"]
+              ) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """One forward's inputs from several prompts of one `batch_signature`: input_ids [B, S] padded with `pad_id`
+    on `side`, the attention mask [B, S] (1 at real tokens), and the model kwargs (per-token ones padded with
+    0 the same way, image tensors concatenated)."""
+    length = max(inputs.input_ids.shape[1] for inputs in batch)
+
+    def pad(row: Tensor, value: int) -> Tensor:
+        missing = length - row.shape[-1]
+        return torch.nn.functional.pad(row, (missing, 0) if side == "left" else (0, missing), value=value)
+
+    input_ids = torch.stack([pad(inputs.input_ids[0], pad_id) for inputs in batch])
+    attention_mask = torch.stack([pad(torch.ones_like(inputs.input_ids[0]), 0) for inputs in batch])
+    kwargs: dict[str, Any] = {}
+    for key, value in batch[0].model_kwargs.items():
+        values = [inputs.model_kwargs[key] for inputs in batch]
+        if key in PER_TOKEN_KWARGS:
+            kwargs[key] = torch.stack([pad(v[0], 0) for v in values])
+        else:
+            kwargs[key] = torch.cat(values) if torch.is_tensor(value) else value
+    return input_ids, attention_mask, kwargs

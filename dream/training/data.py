@@ -25,10 +25,10 @@ from torch import Tensor
 
 from dream.images import read_image
 from dream.target import TargetInputs
+from dream.target.inputs import PER_TOKEN_KWARGS
 
 IMAGE_TAG = "<image>"
 ROLES = ("human", "gpt")
-PER_TOKEN_KWARGS = ("token_type_ids", "mm_token_type_ids")  # model kwargs with one entry per token [1, S]
 NO_END_OF_TURN = -1                # a span's marker when the template renders no EOS id after the answer
 Answer = str | Sequence[int]   # a text answer, or the token ids the target generated (without its EOS)
 

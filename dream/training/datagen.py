@@ -12,6 +12,9 @@ Decisions:
   pending shard and leaves its answers in OUT/answers/ (dream.serving.datagen). Either way answers are kept
   as token ids and spliced into the conversation in token space (dream.training.data.conversation_inputs),
   never decoded and re-encoded, and the features come from the same HF target, teacher-forced.
+- The feature pass runs up to --feature-batch-size conversations of similar length in one right-padded
+  forward (TargetAdapter.prefill_batch): causal attention keeps the padding out of every real row, and the
+  visual scores count real queries only, so each entry is the one-at-a-time pass's up to batched rounding.
 - A missing or unreadable image, a conversation longer than the context, or a chat template that cannot
   be split into turns SKIPS the sample (large crawled datasets always hold a few broken files); skipped
   ids and reasons go to the manifest and their count is printed. A file that is not LLaVA format is fatal,
@@ -37,12 +40,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import Tensor
 from PIL import Image
 from safetensors import safe_open
 from tqdm import tqdm
 
 from dream.training.data import (
     Conversation,
+    ConversationInputs,
     conversation_inputs,
     load_images,
     load_llava_json,
@@ -53,7 +58,8 @@ from dream.training.entropy import gather_supervision, select_layers
 from dream.training.hf_answers import regenerate
 from dream.training.shards import FORMAT_VERSION, MANIFEST, MANIFEST_FORMAT, SHARD_TENSORS, ShardWriter, aux_layers
 from dream.settings import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DTYPES, resolve_dtype_name
-from dream.target import TargetAdapter, TargetInputs, load_target
+from dream.target import ForwardOutput, TargetAdapter, load_target
+from dream.target.inputs import batch_signature
 
 ENGINES = ("hf", "vllm")
 ANSWERS_DIR = "answers"       # the vllm engine's answer files, one per shard (kept: small, and they resume a run)
@@ -72,6 +78,7 @@ class DatagenConfig:
     max_samples: int | None = None        # only the first N entries of the file
     shard_size: int = 256                 # entries per shard (skipped ones count, so shards are stable)
     batch_size: int = 8                   # conversations generated together
+    feature_batch_size: int = 8           # conversations per teacher-forced feature forward (<= batch_size used)
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS  # per regenerated answer (an unfinished answer is kept, counted)
     layer_window: LayerWindow = field(default_factory=LayerWindow)   # candidates for l*
     dtype: str = DEFAULT_DTYPE            # the target's compute dtype (what inference runs)
@@ -81,7 +88,7 @@ class DatagenConfig:
     temperature: float = 0.0              # 0: greedy answers; > 0: sampled (vllm engine)
 
     def __post_init__(self) -> None:
-        for name in ("shard_size", "batch_size", "max_new_tokens"):
+        for name in ("shard_size", "batch_size", "feature_batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_samples is not None and self.max_samples < 1:
@@ -219,16 +226,16 @@ def _make_shard(target: TargetAdapter, conversations: list[Conversation], path: 
             else:
                 answers, count = regenerate(target, loaded, cfg.max_new_tokens, skipped, skip_record)
                 unfinished += count
+            samples = []
             for conversation, images in loaded:
                 if conversation.index not in answers:
                     continue
                 try:
-                    sample = conversation_inputs(target, conversation, answers[conversation.index], images)
-                    tensors = _extract(target, sample.inputs, sample.loss_mask, cfg)
+                    samples.append((conversation, conversation_inputs(target, conversation,
+                                                                      answers[conversation.index], images)))
                 except Exception as err:   # one broken entry of a crawled dataset must not end the run
-                    skipped.append(skip_record(conversation, str(err) if isinstance(err, ValueError)
-                                         else f"{type(err).__name__}: {err}"))
-                    continue
+                    skipped.append(skip_record(conversation, _reason(err)))
+            for conversation, sample, tensors in _extract_all(target, samples, cfg, skipped):
                 writer.add(tensors)
                 written.append(conversation.id)
                 eos_appended += sample.eos_appended
@@ -272,17 +279,56 @@ def _read_answers(shard: Path, key: str) -> dict[str, Any]:
 
 
 # ---- teacher-forced extraction ------------------------------------------------------------------------------
+def _extract_all(target: TargetAdapter, samples: list[tuple[Conversation, ConversationInputs]], cfg: DatagenConfig,
+                 skipped: list[dict[str, Any]]) -> list[tuple[Conversation, ConversationInputs, dict[str, Tensor]]]:
+    """Every sample's shard tensors, in the order given, from right-padded forwards of up to
+    cfg.feature_batch_size samples of similar length (one compatible group at a time; measured on
+    smolvlm-135m, bf16, 2 cores: 8 conversations of ~110 tokens in one forward took 0.72 of their time one at a
+    time). A failing forward is retried one sample at a time, so only the broken sample is skipped."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (_, sample) in enumerate(samples):
+        groups.setdefault(batch_signature(sample.inputs), []).append(i)
+    tensors: dict[int, dict[str, Tensor]] = {}
+    for members in groups.values():
+        members.sort(key=lambda i: samples[i][1].inputs.input_ids.shape[1])
+        for start in range(0, len(members), cfg.feature_batch_size):
+            chunk = members[start: start + cfg.feature_batch_size]
+            try:
+                tensors.update(zip(chunk, _extract(target, [samples[i][1] for i in chunk], cfg)))
+            except Exception as err:
+                if len(chunk) == 1:  # one broken entry of a crawled dataset must not end the run
+                    skipped.append(skip_record(samples[chunk[0]][0], _reason(err)))
+                    continue
+                for i in chunk:
+                    try:
+                        tensors[i] = _extract(target, [samples[i][1]], cfg)[0]
+                    except Exception as err:
+                        skipped.append(skip_record(samples[i][0], _reason(err)))
+    return [(*samples[i], tensors[i]) for i in range(len(samples)) if i in tensors]
+
+
+def _reason(err: Exception) -> str:
+    return str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+
+
 @torch.no_grad()
-def _extract(target: TargetAdapter, inputs: TargetInputs, loss_mask: torch.Tensor,
-             cfg: DatagenConfig) -> dict[str, torch.Tensor]:
+def _extract(target: TargetAdapter, samples: list[ConversationInputs], cfg: DatagenConfig
+             ) -> list[dict[str, Tensor]]:
     window = cfg.layer_window
     static = window.static_layer is not None
     # Layer outputs are captured: the state entering layer i is the output of layer i - 1.
     aux = [layer - 1 for layer in aux_layers(target.num_layers)]
-    out = target.prefill(inputs, target.new_cache(), layers=sorted({*window.candidates(target.num_layers), *aux}),
-                         entropy=not static, visual_scores=True)
+    outs = target.prefill_batch([sample.inputs for sample in samples],
+                                layers=sorted({*window.candidates(target.num_layers), *aux}),
+                                entropy=not static, visual_scores=True)
+    return [_sample_tensors(sample, out, aux, cfg) for sample, out in zip(samples, outs)]
+
+
+def _sample_tensors(sample: ConversationInputs, out: ForwardOutput, aux: list[int], cfg: DatagenConfig
+                    ) -> dict[str, Tensor]:
+    inputs, window = sample.inputs, cfg.layer_window
     seq_len = inputs.input_ids.shape[1]
-    if static:
+    if window.static_layer is not None:
         layers = torch.full((seq_len,), window.static_layer, dtype=torch.long)
     else:
         layers = select_layers(out.stats.entropy.float().cpu(), window)
@@ -290,7 +336,7 @@ def _extract(target: TargetAdapter, inputs: TargetInputs, loss_mask: torch.Tenso
     visual = inputs.visual_mask[0].nonzero().flatten()
     return {
         "input_ids": inputs.input_ids[0].long(),
-        "loss_mask": loss_mask,
+        "loss_mask": sample.loss_mask,
         "features": out.features[0].cpu().to(storage),
         "mid_layers": layers,
         "mid_features": gather_supervision({k: v.cpu() for k, v in out.layer_outputs.items()}, layers).to(storage),

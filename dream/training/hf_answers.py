@@ -19,7 +19,8 @@ from PIL import Image
 from transformers import GenerationConfig
 
 from dream.target import TargetAdapter, TargetInputs
-from dream.training.data import PER_TOKEN_KWARGS, Answer, Conversation, prompt_inputs
+from dream.target.inputs import batch_signature, pad_batch
+from dream.training.data import Answer, Conversation, prompt_inputs
 
 Prompt = tuple[Conversation, TargetInputs]
 Skip = Callable[[Conversation, str], dict[str, Any]]
@@ -61,10 +62,7 @@ def _compatible_groups(prompts: list[Prompt]) -> list[list[Prompt]]:
     e.g. images split into different numbers of tiles land in different groups."""
     groups: dict[tuple, list] = {}
     for item in prompts:
-        kwargs = item[1].model_kwargs
-        signature = tuple(sorted((k, tuple(v.shape[1:]), str(v.dtype)) for k, v in kwargs.items()
-                                 if torch.is_tensor(v) and k not in PER_TOKEN_KWARGS))
-        groups.setdefault(signature, []).append(item)
+        groups.setdefault(batch_signature(item[1]), []).append(item)
     return list(groups.values())
 
 
@@ -75,20 +73,8 @@ def generate_batch(target: TargetAdapter, prompts: list[TargetInputs], max_new_t
     eos = sorted(target.eos_token_ids)
     pad = target.tokenizer.pad_token_id
     pad = eos[0] if pad is None else pad
-    length = max(p.input_ids.shape[1] for p in prompts)
-    input_ids = torch.full((len(prompts), length), pad, dtype=torch.long)
-    attention_mask = torch.zeros(len(prompts), length, dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        n = prompt.input_ids.shape[1]
-        input_ids[row, length - n:] = prompt.input_ids[0]
-        attention_mask[row, length - n:] = 1
-    kwargs: dict[str, Any] = {}
-    for key, value in prompts[0].model_kwargs.items():
-        values = [p.model_kwargs[key] for p in prompts]
-        if key in PER_TOKEN_KWARGS:
-            kwargs[key] = torch.stack([torch.nn.functional.pad(v[0], (length - v.shape[1], 0)) for v in values])
-        else:
-            kwargs[key] = torch.cat(values) if torch.is_tensor(value) else value
+    input_ids, attention_mask, kwargs = pad_batch(prompts, pad, side="left")
+    length = input_ids.shape[1]
     device = target.model.device
     kwargs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in kwargs.items()}
     greedy = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=eos,
