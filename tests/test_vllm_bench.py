@@ -19,7 +19,7 @@ from dream.draft import DraftConfig, build_draft, save_draft
 from dream.methods import SHIPPED_DRAFTS
 from dream.serving.bench import MethodPass, VllmBenchConfig, format_table, run_vllm_bench
 from dream.serving.engine import OPEN_END, EngineConfig, SpecCounters, parse_spec_schedule, speculative_config
-from dream.serving.server import speculator
+from dream.serving.server import server_env, speculator
 
 PROMPTS = [PromptRecord(i + 1, Path(f"{i}.png"), Image.new("RGB", (4, 4)), f"q{i}", "kind", None) for i in range(3)]
 # seconds per token of each method: dream twice as fast as ar, eagle2 in between
@@ -133,3 +133,9 @@ def test_a_chain_schedule_reaches_vllm_as_its_dynamic_speculative_decoding():
         assert spec["num_speculative_tokens"] == 5
         assert spec["num_speculative_tokens_per_batch_size"] == [[1, 4, 5], [5, 8, 2], [9, OPEN_END, 0]]
     assert "num_speculative_tokens_per_batch_size" not in speculative_config("pld", None, EngineConfig(target="t"))
+
+
+def test_the_server_compiles_through_inductors_cache_unless_told_otherwise():
+    """vLLM 0.32's AOT compile cache does not load under torch 2.13 (engine.COMPILE_ENV): off by default."""
+    assert server_env({})["VLLM_USE_AOT_COMPILE"] == "0"
+    assert server_env({"VLLM_USE_AOT_COMPILE": "1"})["VLLM_USE_AOT_COMPILE"] == "1"

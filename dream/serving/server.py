@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dream.method_names import AR, PLD, canonical
 from dream.methods import draft_dir
-from dream.serving.engine import VLLM_DTYPES, EngineConfig, binding_env, speculative_config
+from dream.serving.engine import COMPILE_ENV, VLLM_DTYPES, EngineConfig, binding_env, speculative_config
 from dream.serving.fingerprint import check_draft_for_target
 
 NO_DRAFT = (AR, PLD)                      # the methods without a draft (--draft also takes none / ngram for them)
@@ -83,10 +83,10 @@ def server_command(cfg: ServerConfig) -> tuple[list[str], dict[str, str]]:
 
 
 def server_env(environ: dict[str, str], tensor_parallel_size: int = 1) -> dict[str, str]:
-    """The server's environment: the media fetch defaults under what `environ` sets, the CPU workers' core
-    binding for the rank count (engine.binding_env: the user's own settings kept), offline hub, our media
-    connector, and Intel OpenMP preloaded when the environment has it."""
-    env = {**MEDIA_FETCH_ENV, **environ, **binding_env(tensor_parallel_size),
+    """The server's environment: the media fetch and compile (engine.COMPILE_ENV) defaults under what `environ`
+    sets, the CPU workers' core binding for the rank count (engine.binding_env: the user's own settings kept),
+    offline hub, our media connector, and Intel OpenMP preloaded when the environment has it."""
+    env = {**MEDIA_FETCH_ENV, **COMPILE_ENV, **environ, **binding_env(tensor_parallel_size),
            "HF_HUB_OFFLINE": "1", "VLLM_MEDIA_CONNECTOR": MEDIA_CONNECTOR}
     iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
     if iomp.is_file() and "libiomp5" not in env.get("LD_PRELOAD", ""):
