@@ -77,9 +77,8 @@ def write_vllm_answers(cfg: DatagenConfig, target: TargetAdapter, key: str, shar
 
 @dataclass
 class ShardAnswers:
-    """One shard's answers as they arrive."""
+    """One shard's answers as they arrive (its images live only with its queued and running requests)."""
 
-    loaded: list[tuple[Conversation, list[Image.Image]]]
     skipped: list[dict[str, Any]]
     answers: dict[int, list[Answer]] = field(default_factory=dict)
     unfinished: int = 0
@@ -110,7 +109,7 @@ class AnswerStream:
                 k, conversations = pending.popleft()
                 skipped: list[dict[str, Any]] = []
                 loaded = load_conversations(conversations, self.cfg.image_folder, skipped)
-                self.shards[k] = ShardAnswers(loaded, skipped, {c.index: [] for c, _ in loaded}, open=len(loaded))
+                self.shards[k] = ShardAnswers(skipped, {c.index: [] for c, _ in loaded}, open=len(loaded))
                 self.queued.extend((k, c, images) for c, images in loaded)
             yield from self._completed()
             if self.live:
