@@ -171,6 +171,12 @@ class TargetAdapter:
         tokenizer encodes it, with no pixels: the token prompt for an engine that expands images itself."""
         return self._inputs(prompt, images, expand_images=expand_images)
 
+    @property
+    def pad_token_id(self) -> int:
+        """What pads a batch of prompts: the tokenizer's pad token, else the lowest EOS id."""
+        pad = self.tokenizer.pad_token_id
+        return min(self.eos_token_ids) if pad is None else pad
+
     def new_cache(self) -> TargetCache:
         return TargetCache()
 
@@ -212,8 +218,7 @@ class TargetAdapter:
         Causal attention keeps the padding out of every real row; a batched kernel may still round a row
         differently than the prompt alone (in bf16 as batched generate() does)."""
         self._check_layers(layers)
-        pad = self.tokenizer.pad_token_id
-        input_ids, mask, model_kwargs = pad_batch(batch, min(self.eos_token_ids) if pad is None else pad, "right")
+        input_ids, mask, model_kwargs = pad_batch(batch, self.pad_token_id, "right")
         lengths = mask.sum(1)
         recorder = None
         if entropy or visual_scores:

@@ -71,8 +71,7 @@ def generate_batch(target: TargetAdapter, prompts: list[TargetInputs], max_new_t
     """Greedy continuations of several prompts in one left-padded HF generate; each list ends at the first
     EOS (included), as the engine's greedy loop stops. Image tensors must be concatenable (see above)."""
     eos = sorted(target.eos_token_ids)
-    pad = target.tokenizer.pad_token_id
-    pad = eos[0] if pad is None else pad
+    pad = target.pad_token_id
     input_ids, attention_mask, kwargs = pad_batch(prompts, pad, side="left")
     length = input_ids.shape[1]
     device = target.model.device
