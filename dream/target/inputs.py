@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence, TypeVar
 
 import torch
 from PIL import Image
@@ -20,6 +20,7 @@ from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_stri
 
 from .families import Family
 
+T = TypeVar("T")
 
 PER_TOKEN_KWARGS = ("token_type_ids", "mm_token_type_ids")  # model kwargs with one entry per token [1, S]
 
@@ -183,6 +184,15 @@ def batch_signature(inputs: TargetInputs) -> tuple:
     kwargs = inputs.model_kwargs
     return tuple(sorted((k, tuple(v.shape[1:]), str(v.dtype)) for k, v in kwargs.items()
                         if torch.is_tensor(v) and k not in PER_TOKEN_KWARGS))
+
+
+def group_by_signature(items: Sequence[T], inputs_of: Callable[[T], TargetInputs]) -> list[list[T]]:
+    """`items` split into batchable groups (one `batch_signature` each), in first-seen order, each group in the
+    order given."""
+    groups: dict[tuple, list[T]] = {}
+    for item in items:
+        groups.setdefault(batch_signature(inputs_of(item)), []).append(item)
+    return list(groups.values())
 
 
 def pad_batch(batch: Sequence[TargetInputs], pad_id: int, side: Literal["left", "right"]

@@ -10,8 +10,9 @@ on the rows beside it, and a tree verify runs all its nodes through the same ops
   - scores q.k in fp32 (bf16 inputs upcast: exact products, fp32 sums, as the flash kernel keeps them), one
     bmm over (kv head, node) with the query heads of a kv head as its rows (GQA without copying keys);
   - softmax in fp32 over the node's keys, in decode order; keys that pad a row get -inf (exp(-inf) = 0);
-  - the fp32 probabilities times the values (upcast) in one bmm, the output rounded to the model's dtype
-    once, at the end (the probe compares it before that rounding, which hides order differences).
+  - the fp32 probabilities times the values (upcast), in bmms over fixed chunks of 256 keys added in order
+    (one bmm over all keys rounds by its length), the output rounded to the model's dtype once, at the end
+    (the probe compares it before that rounding, which hides order differences).
 Every call's key count is padded to a multiple of a block (zeros in a step, repeats in a tree; masked): the
 fp32 bmm gives a score the same bits in every call whose key count is such a multiple, but rounds the keys
 of a partial block differently for each count (seen at 16 on the EPYC), and the scores' low bits reach the
@@ -35,8 +36,9 @@ from torch import Tensor, nn
 
 from .probe_cache import cached_probe, probe_key
 
-VERSION = 5  # of the ops and the probe below: a change must not reuse a cached probe of the old ones
+VERSION = 6  # of the ops and the probe below: a change must not reuse a cached probe of the old ones
 BLOCKS = (1, 2, 4, 8, 16, 32, 64)  # candidates for the key-count multiple every call is padded to
+VALUE_CHUNK = 256  # keys per bmm of the probabilities times the values (_weighted_sum)
 # Probed prefix lengths: block edges of 16 / 64 / 512 / 4096-wide kernels and lengths between, to 8k contexts.
 PROBE_PREFIXES = (1, 2, 7, 15, 16, 17, 31, 33, 63, 64, 65, 100, 111, 127, 128, 129, 200, 255, 256, 257, 300,
                   511, 512, 513, 777, 1023, 1024, 1025, 1500, 2047, 3000, 4095, 4097, 8191)
@@ -72,8 +74,26 @@ def _attend(query: Tensor, key: Tensor, value: Tensor, bias: Tensor, scaling: fl
     probs = torch.softmax(scores, dim=-1)
     kept = value.shape[2]  # a step's values are not padded: the padding's probabilities are 0 anyway
     values = _float32(value).view(kv_heads * rows, kept, dim)
-    out = torch.bmm(probs if kept == width else probs[:, :, :kept], values)
+    out = _weighted_sum(probs if kept == width else probs[:, :, :kept], values)
     return out.view(kv_heads, rows, groups, dim), scores.view(kv_heads, rows, groups, width)
+
+
+def _weighted_sum(probs: Tensor, values: Tensor) -> Tensor:
+    """probs [R, G, K] times values [R, K, D] as bmms over VALUE_CHUNK keys each, added in key order. One bmm over
+    all K keys would not do: an sgemm blocks a long reduction by its length and, with few rows, splits it over
+    the threads (seen on an AMX Xeon past 256 keys), so a row's sum would depend on its padding and on the rows
+    beside it. Every chunk's bmm has one shape (the last chunk padded with zeros), and the chunks past a row's
+    own keys, all zero probability, add exact zeros."""
+    keys = probs.shape[-1]
+    out = None
+    for start in range(0, keys, VALUE_CHUNK):
+        p, v = probs[..., start: start + VALUE_CHUNK], values[:, start: start + VALUE_CHUNK]
+        if p.shape[-1] < VALUE_CHUNK:
+            missing = VALUE_CHUNK - p.shape[-1]
+            p, v = nn.functional.pad(p, (0, missing)), nn.functional.pad(v, (0, 0, 0, missing))
+        part = torch.bmm(p, v)
+        out = part if out is None else out.add_(part)
+    return out
 
 
 def _float32(tensor: Tensor) -> Tensor:
@@ -96,8 +116,8 @@ def _decode_inputs(query: Tensor, key: Tensor, value: Tensor, attention_mask: Te
     """A step's query [B, H, 1, D] over the cache's key / value [B, H_kv, L, D], the keys padded (zeros,
     hidden) to a multiple of `block`: the kernels give a score and a softmax row the same bits in every call
     whose key count is such a multiple, whatever it is (the probe checks), while a partial block rounds
-    differently. The values stay L: their bmm sums zero-probability padding exactly in a tree (the probe
-    checks that too)."""
+    differently. The values stay L: `_weighted_sum` reduces them in fixed chunks, where a tree's
+    zero-probability padding adds exact zeros (the probe checks that too)."""
     batch, heads, _, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     width = padded(length, block)

@@ -59,7 +59,7 @@ from dream.training.hf_answers import regenerate
 from dream.training.shards import FORMAT_VERSION, MANIFEST, MANIFEST_FORMAT, SHARD_TENSORS, ShardWriter, aux_layers
 from dream.settings import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DTYPES, resolve_dtype_name
 from dream.target import ForwardOutput, TargetAdapter, load_target
-from dream.target.inputs import batch_signature
+from dream.target.inputs import group_by_signature
 
 ENGINES = ("hf", "vllm")
 ANSWERS_DIR = "answers"       # the vllm engine's answer files, one per shard (kept: small, and they resume a run)
@@ -297,10 +297,7 @@ def _extract_all(target: TargetAdapter, samples: list[tuple[Conversation, Conver
                 for i in chunk:
                     extract([i])
 
-    groups: dict[tuple, list[int]] = {}
-    for i, (_, sample) in enumerate(samples):
-        groups.setdefault(batch_signature(sample.inputs), []).append(i)
-    for members in groups.values():
+    for members in group_by_signature(range(len(samples)), lambda i: samples[i][1].inputs):
         members.sort(key=lambda i: samples[i][1].inputs.input_ids.shape[1])
         for start in range(0, len(members), cfg.feature_batch_size):
             extract(members[start: start + cfg.feature_batch_size])

@@ -19,7 +19,7 @@ from PIL import Image
 from transformers import GenerationConfig
 
 from dream.target import TargetAdapter, TargetInputs
-from dream.target.inputs import batch_signature, pad_batch
+from dream.target.inputs import group_by_signature, pad_batch
 from dream.training.data import Answer, Conversation, prompt_inputs
 
 Prompt = tuple[Conversation, TargetInputs]
@@ -48,7 +48,7 @@ def regenerate(target: TargetAdapter, loaded: list[tuple[Conversation, list[Imag
                 del answers[conversation.index]
                 continue
             prompts.append((conversation, inputs))
-        for group in _compatible_groups(prompts):
+        for group in group_by_signature(prompts, lambda prompt: prompt[1]):
             generated = generate_batch(target, [inputs for _, inputs in group], max_new_tokens)
             for (conversation, _), tokens in zip(group, generated):
                 answer, finished = strip_eos(tokens, target.eos_token_ids)
@@ -57,19 +57,10 @@ def regenerate(target: TargetAdapter, loaded: list[tuple[Conversation, list[Imag
     return answers, unfinished
 
 
-def _compatible_groups(prompts: list[Prompt]) -> list[list[Prompt]]:
-    """Prompts whose image tensors can be concatenated (same shape past the first dim), in first-seen order;
-    e.g. images split into different numbers of tiles land in different groups."""
-    groups: dict[tuple, list] = {}
-    for item in prompts:
-        groups.setdefault(batch_signature(item[1]), []).append(item)
-    return list(groups.values())
-
-
 @torch.no_grad()
 def generate_batch(target: TargetAdapter, prompts: list[TargetInputs], max_new_tokens: int) -> list[list[int]]:
     """Greedy continuations of several prompts in one left-padded HF generate; each list ends at the first
-    EOS (included), as the engine's greedy loop stops. Image tensors must be concatenable (see above)."""
+    EOS (included), as the engine's greedy loop stops. The prompts must share one `batch_signature`."""
     eos = sorted(target.eos_token_ids)
     pad = target.pad_token_id
     input_ids, attention_mask, kwargs = pad_batch(prompts, pad, side="left")
