@@ -22,7 +22,8 @@ from dream.target import TargetAdapter
 from dream.target import invariant_attention
 from dream.target.attention import ATTENTION_NAME, INVARIANT_ATTENTION_NAME, invariant_attention_name
 from dream.target.diagnose import attention_findings, format_findings, rowwise_findings
-from dream.target.invariance import BatchInvariance, set_text_attention, text_attention
+from dream.target.invariance import (BatchInvariance, RowPlan, apply_row_plan, probe_row_plan, set_text_attention,
+                                     text_attention)
 from dream.target.invariant_attention import probe_attention
 from dream.tree import Tree, TreeConfig, chain_tree, tree_from_parents
 
@@ -235,3 +236,31 @@ def test_auto_times_the_step_cost_once_per_machine(tiny_target_path, tmp_path, m
     second = BatchInvariance(stock_model(tiny_target_path("llama"), dtype=torch.bfloat16), "auto").report
     assert (second.cost, second.enabled, second.attention_block) == (first.cost, first.enabled, first.attention_block)
     print(f"\n{first.summary()}")
+
+
+def test_a_kernel_that_changes_past_32_rows_gets_split_calls(monkeypatch):
+    """As bf16 linears on an AMX Xeon: calls of up to 32 rows give a row its own bits, longer ones other bits.
+    The probe finds it (no padding, split past 32), and under the plan a 48-row call gives every row the bits
+    it gets alone, where the stock call does not."""
+    real_linear = torch.nn.functional.linear
+
+    def switching_linear(x, weight, bias=None):
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] > 32:  # "another kernel": fp64 sums, rounded once
+            out = real_linear(rows.double(), weight.double(), None if bias is None else bias.double()).float()
+        else:
+            out = torch.cat([real_linear(rows[i:i + 1], weight, bias) for i in range(rows.shape[0])]
+                            or [real_linear(rows, weight, bias)])
+        return out.reshape(*x.shape[:-1], weight.shape[0])
+
+    monkeypatch.setattr(torch.nn.functional, "linear", switching_linear)
+    module = torch.nn.Linear(256, 512)
+    assert probe_row_plan(module) == RowPlan(pad=1, split=32)
+    x = torch.randn(2, 24, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        alone = torch.cat([module(row[None]) for row in x.reshape(48, 256)]).reshape(2, 24, 512)
+        assert not torch.equal(module(x), alone)  # the negative control: the stock 48-row call
+        handles = apply_row_plan(module, RowPlan(pad=1, split=32))
+        assert torch.equal(module(x), alone)
+        for handle in handles:
+            handle.remove()

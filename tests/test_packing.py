@@ -11,7 +11,7 @@ from torch import nn
 
 import dream.target.packing as packing
 from dream.settings import cpu_has_native_bf16, cpu_kind
-from dream.target.invariance import pad_small_calls
+from dream.target.invariance import RowPlan, apply_row_plan
 from dream.target.packing import is_packed, pack, packed_linear, packing_matches, prepack_draft, prepack_target
 
 
@@ -37,7 +37,7 @@ def test_packing_keeps_parameters_state_dict_and_hooks():
     names = set(module.state_dict())
     pack(module)
     assert set(module.state_dict()) == names and isinstance(module, nn.Linear)
-    handles = pad_small_calls(module, 4)          # the batch-invariant mode's padding hooks still wrap the call
+    handles = apply_row_plan(module, RowPlan(4))  # the batch-invariant mode's padding hooks still wrap the call
     calls = []
     module.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape))
     out = module(torch.randn(1, 16))

@@ -134,8 +134,9 @@ def format_report(report: DoctorReport) -> str:
     lines.append(f"batch-invariant mode: {'on' if inv['enabled'] else 'off'} (policy {inv['policy']}"
                  + (f", a decoding step {inv['cost']:+.0%}" if inv.get("cost") is not None else "") + ")")
     for shape in inv["shapes"]:
-        pad = shape["pad_rows"]
+        pad, split = shape["pad_rows"], shape.get("split_rows")
         state = "as is" if pad == 1 else f"pad to {pad} rows" if pad else "NOT invariant at any pad"
+        state += f", calls past {split} rows split into {split}-row calls" if split else ""
         lines.append(f"  linear {shape['out_features']}x{shape['in_features']} (x{shape['modules']}): {state}")
     if inv.get("attention_probed"):
         block = inv.get("attention_block")

@@ -6,11 +6,15 @@ kernels accumulate in different orders: on an AVX-512-BF16 EPYC a bf16 linear se
 kernel than M >= 2 (rows part at near ties), and in fp32 M = 1, M in 2..3 and M >= 4 are three different
 kernels there. Which shapes and row counts differ is a property of the machine, so it is probed, not assumed.
 
-The mode: for each distinct linear shape of the language model (and the output head), `probe_pad_rows`
+The mode: for each distinct linear shape of the language model (and the output head), `probe_row_plan`
 finds the smallest P in PAD_CANDIDATES such that, for every probed row count M, each row of an M-row call
 (padded to P rows when M < P) equals that row fed alone padded to P. Calls with fewer than P rows are then
 padded with copies of their last row and the extra rows dropped, through forward hooks on the stock modules
-(nothing is copied or subclassed). Calls of more rows run as they are: the probe checked them. Every call
+(nothing is copied or subclassed). Calls of more rows run as they are: the probe checked them.
+Some kernels change only past a row count a verify rarely reaches (on a 2-core AMX Xeon, bf16: every call
+of 1 to 32 rows gives a row the bits it gets alone, 48 and 64 rows other ones). There a small P with a split
+S wins over padding every step to 64 rows: calls of S < M <= max(PROBE_ROWS) rows run as calls of at most S
+rows (`RowPlan`). Every call
 that reaches generate()'s decoding step, a tree verify or a prefill goes through the same hooks, so the
 reference generate() of the bench (`hf`) runs under the same numerics.
 
@@ -31,6 +35,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 from statistics import median
 
 import torch
@@ -51,7 +56,8 @@ DEFAULT_MAX_COST = 0.05  # "auto" takes the whole mode where a decoding step get
 PADDING_MAX_COST = 0.15
 TWO_ROW_PADDING = 2
 PAD_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
-PROBE_ROWS = (*range(1, 21), 24, 32, 48, 64)  # a decoding step and tree verifies
+PROBE_ROWS = (*range(1, 33), 48, 64)  # a decoding step and tree verifies
+SPLIT_CANDIDATES = range(16, 33)  # a split row count keeps a 16-node verify one call; all below it are probed
 PROBE_OUTPUTS = 1 << 18  # outputs compared per row count
 # Decoding steps the batch-invariant attention may replace; another attention (eager, a kernel) is left alone.
 SWITCHABLE_ATTENTION = ("sdpa", ATTENTION_NAME)
@@ -67,6 +73,13 @@ class LinearShape:
     bias: bool
     modules: int  # how many modules share it
     pad_rows: int | None  # calls with fewer rows are padded to this many; None: no candidate was invariant
+    split_rows: int | None = None  # calls of more rows (up to max(PROBE_ROWS)) run in chunks of this many
+
+    def plan_summary(self) -> str:
+        if self.pad_rows is None:
+            return "NOT invariant"
+        plan = "as is" if self.pad_rows == 1 else f"pad to {self.pad_rows}"
+        return plan + (f", split past {self.split_rows} rows" if self.split_rows else "")
 
 
 @dataclass(frozen=True)
@@ -94,8 +107,7 @@ class InvarianceReport:
         if not self.shapes:
             return "batch-invariant mode off"
         state = "on" if self.enabled else f"off (policy {self.policy})"
-        parts = [f"{s.out_features}x{s.in_features}{'+bias' if s.bias else ''}: "
-                 + ("as is" if s.pad_rows == 1 else f"pad to {s.pad_rows}" if s.pad_rows else "NOT invariant")
+        parts = [f"{s.out_features}x{s.in_features}{'+bias' if s.bias else ''}: " + s.plan_summary()
                  for s in self.shapes]
         return (f"batch-invariant mode {state}, {self.shapes[0].dtype}, {self.threads} threads, it costs "
                 f"~{self.cost:.0%} of a decoding step; attention: {self.attention_summary()}; " + "; ".join(parts))
@@ -142,8 +154,9 @@ class BatchInvariance:
         for module in linear_modules(model):
             key = (module.out_features, module.in_features, module.weight.dtype, module.bias is not None)
             groups.setdefault(key, []).append(module)
-        pads = [cached_pad_rows(members[0]) for members in groups.values()]
-        padded = [(members, pad) for members, pad in zip(groups.values(), pads) if pad is not None and pad > 1]
+        plans = [cached_row_plan(members[0]) for members in groups.values()]
+        padded = [(members, plan) for members, plan in zip(groups.values(), plans)
+                  if plan is not None and (plan.pad > 1 or plan.split is not None)]
         probed = text_attention(model) in SWITCHABLE_ATTENTION
         block = probe_model_attention(model) if probed else None
         changes = padded or block is not None
@@ -154,17 +167,18 @@ class BatchInvariance:
             # only the attention's extra cost passes the limit.
             cost = self._cost(padded, None) if padded else 0.0
             block, attention_kept = None, True
-        two_rows = block is None and all(pad <= TWO_ROW_PADDING for _, pad in padded)
+        two_rows = block is None and all(plan.pad <= TWO_ROW_PADDING for _, plan in padded)
         # With the attention on, cost <= DEFAULT_MAX_COST already.
         enabled = policy == "on" or cost <= PADDING_MAX_COST or two_rows
         if enabled:
             self._apply(padded, block)
-        shapes = tuple(LinearShape(out, width, str(dtype).removeprefix("torch."), bias, len(members), pad)
-                       for (out, width, dtype, bias), members, pad in zip(groups, groups.values(), pads))
+        shapes = tuple(LinearShape(out, width, str(dtype).removeprefix("torch."), bias, len(members),
+                                   plan and plan.pad, plan and plan.split)
+                       for (out, width, dtype, bias), members, plan in zip(groups, groups.values(), plans))
         self.report = InvarianceReport(policy, enabled, shapes, cost, torch.get_num_threads(), probed, block,
                                        attention_kept)
 
-    def _cost(self, padded: list[tuple[list[nn.Linear], int]], attention_block: int | None) -> float:
+    def _cost(self, padded: list[tuple[list[nn.Linear], RowPlan]], attention_block: int | None) -> float:
         """decode_step_cost of this padding and attention, timed once per machine and model shape: the
         cost sits near the limit on some CPUs (4-7 % on an AVX-512-BF16 EPYC), where timing it at every load
         made `auto` decide differently from one run to the next."""
@@ -173,17 +187,18 @@ class BatchInvariance:
         shape = (config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
                  getattr(config, "num_key_value_heads", None), getattr(config, "intermediate_size", None),
                  weight.shape[0])
-        pads = sorted({(members[0].out_features, members[0].in_features, pad) for members, pad in padded})
+        pads = sorted({(members[0].out_features, members[0].in_features, plan.pad, plan.split)
+                       for members, plan in padded})
         packed = any(is_packed(m) for m in linear_modules(model))    # packed linears make a step cheaper
         key = probe_key("decode-step-cost", weight.device.type, weight.dtype, *shape, pads, attention_block,
                         *(["packed"] if packed else []))
         return cached_probe(key, lambda: decode_step_cost(
             model, lambda: self._apply(padded, attention_block), self.remove))
 
-    def _apply(self, padded: list[tuple[list[nn.Linear], int]], attention_block: int | None) -> None:
-        for members, pad in padded:
+    def _apply(self, padded: list[tuple[list[nn.Linear], RowPlan]], attention_block: int | None) -> None:
+        for members, plan in padded:
             for module in members:
-                self._handles += pad_small_calls(module, pad)
+                self._handles += apply_row_plan(module, plan)
         if attention_block is not None:
             self._restore_attention = text_attention(self._model)
             set_text_attention(self._model, invariant_attention_name(attention_block))
@@ -254,19 +269,34 @@ def decode_step_cost(model: PreTrainedModel, apply: Callable[[], None], remove: 
     return max(median(ratios) - 1.0, 0.0)  # below 0 is timing noise: padding adds work
 
 
-def cached_pad_rows(module: nn.Linear) -> int | None:
-    """probe_pad_rows, once per machine: the kernel choice depends on the CPU, torch, the thread count, the
+@dataclass(frozen=True)
+class RowPlan:
+    """How the mode runs a linear's calls: fewer than `pad` rows padded to `pad`; more than `split` rows (up to
+    max(PROBE_ROWS)) in chunks of at most `split` rows; split None: whole."""
+
+    pad: int
+    split: int | None = None
+
+
+def cached_row_plan(module: nn.Linear) -> RowPlan | None:
+    """probe_row_plan, once per machine: the kernel choice depends on the CPU, torch, the thread count, the
     device, the shape and dtype; the weight's values only decide which outputs a difference shows on. The
     results are kept in $DREAM_CACHE/invariance.json (a probe of the 49k-row head takes seconds)."""
     weight = module.weight
-    key = probe_key(weight.device.type, weight.dtype, *weight.shape, module.bias is not None)
-    return cached_probe(key, lambda: probe_pad_rows(module))
+    key = probe_key("row plan v2", weight.device.type, weight.dtype, *weight.shape, module.bias is not None)
+    found = cached_probe(key, lambda: _plan_json(probe_row_plan(module)))
+    return RowPlan(*found) if found is not None else None
+
+
+def _plan_json(plan: RowPlan | None) -> list | None:
+    return None if plan is None else [plan.pad, plan.split]
 
 
 @torch.no_grad()
-def probe_pad_rows(module: nn.Linear, rows: tuple[int, ...] = PROBE_ROWS,
-                   candidates: tuple[int, ...] = PAD_CANDIDATES) -> int | None:
-    """The smallest pad P such that every row of every probed call equals the row fed alone (padded to P).
+def probe_row_plan(module: nn.Linear, rows: tuple[int, ...] = PROBE_ROWS,
+                   candidates: tuple[int, ...] = PAD_CANDIDATES) -> RowPlan | None:
+    """The smallest pad P such that every row of every probed call equals the row fed alone (padded to P), or,
+    failing that at P, every call of up to S rows does (S in SPLIT_CANDIDATES, S >= P): then RowPlan(P, S).
 
     A kernel difference shows only where two accumulation orders round an output differently (about 1 in
     10^4-10^5 bf16 outputs), so the probe compares at least PROBE_OUTPUTS outputs per row count: each row
@@ -282,14 +312,19 @@ def probe_pad_rows(module: nn.Linear, rows: tuple[int, ...] = PROBE_ROWS,
     unpadded: dict[int, Tensor] = {}  # calls of m >= pad rows run as they are, whatever the candidate
     for pad in candidates:
         alone = run(1, pad)
-        for m in sorted(rows, key=lambda m: (m != 2, m)):  # M = 2 first: the usual odd one out is M = 1
+        passed = 0  # the largest row count up to which every probed count passed
+        for m in sorted(rows):
             if m >= pad and m not in unpadded:
                 unpadded[m] = run(m, m)
             out = unpadded[m] if m >= pad else run(m, pad)
             if not torch.equal(out, alone[: out.shape[0]]):
                 break
-        else:
-            return pad
+            passed = m
+        if passed == max(rows):
+            return RowPlan(pad)
+        splits = [m for m in SPLIT_CANDIDATES if pad <= m <= passed and m in rows]
+        if splits:
+            return RowPlan(pad, max(splits))
     return None
 
 
@@ -300,22 +335,32 @@ def _pad(rows: Tensor, pad: int) -> Tensor:
     return torch.cat([rows, rows[-1:].expand(pad - rows.shape[0], -1)])
 
 
-def pad_small_calls(module: nn.Linear, pad: int) -> list[RemovableHandle]:
-    """Run calls of fewer than `pad` rows as `pad` rows, keeping the first ones (forward hooks)."""
-    padded: dict[str, torch.Size | None] = {"shape": None}  # the shape of the call being padded, if any
+def apply_row_plan(module: nn.Linear, plan: RowPlan) -> list[RemovableHandle]:
+    """Run `module`'s calls as `plan` says, through forward hooks: fewer than plan.pad rows padded (the first
+    rows kept); more than plan.split rows, up to max(PROBE_ROWS), as chunks of plan.split rows computed in the
+    forward hook, while the stock call between the hooks gets no rows (and does no work)."""
+    call: dict[str, Any] = {"shape": None, "rows": None}  # the call being changed: input shape, a split's rows
 
     def before(mod: nn.Module, args: tuple) -> tuple | None:
         x = args[0]
         rows = x.shape[:-1].numel()
-        padded["shape"] = x.shape if 0 < rows < pad else None
-        if padded["shape"] is None:
-            return None
-        return (_pad(x.reshape(rows, x.shape[-1]), pad), *args[1:])
+        flat = x.reshape(rows, x.shape[-1])
+        call["shape"], call["rows"] = None, None
+        if 0 < rows < plan.pad:
+            call["shape"] = x.shape
+            return (_pad(flat, plan.pad), *args[1:])
+        if plan.split is not None and plan.split < rows <= max(PROBE_ROWS):
+            call["shape"], call["rows"] = x.shape, flat
+            return (flat[:0], *args[1:])
+        return None
 
     def after(mod: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
-        shape = padded["shape"]
+        shape, rows = call["shape"], call["rows"]
         if shape is None:
             return None
+        if rows is not None:  # mod.forward, not mod(...): the chunks must not come back through these hooks
+            output = torch.cat([mod.forward(_pad(chunk, plan.pad))[: chunk.shape[0]]
+                                for chunk in rows.split(plan.split)])
         return output[: shape[:-1].numel()].reshape(*shape[:-1], output.shape[-1])
 
     return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
