@@ -238,15 +238,14 @@ def test_auto_times_the_step_cost_once_per_machine(tiny_target_path, tmp_path, m
     print(f"\n{first.summary()}")
 
 
-def test_a_kernel_that_changes_past_32_rows_gets_split_calls(monkeypatch):
-    """As bf16 linears on an AMX Xeon: calls of up to 32 rows give a row its own bits, longer ones other bits.
-    The probe finds it (no padding, split past 32), and under the plan a 48-row call gives every row the bits
-    it gets alone, where the stock call does not."""
+def switch_kernels_past_32_rows(monkeypatch) -> None:
+    """F.linear as bf16 linears run on an AMX Xeon: calls of up to 32 rows give a row the bits it gets alone,
+    longer calls other bits (here fp64 sums, rounded once)."""
     real_linear = torch.nn.functional.linear
 
     def switching_linear(x, weight, bias=None):
         rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] > 32:  # "another kernel": fp64 sums, rounded once
+        if rows.shape[0] > 32:
             out = real_linear(rows.double(), weight.double(), None if bias is None else bias.double()).float()
         else:
             out = torch.cat([real_linear(rows[i:i + 1], weight, bias) for i in range(rows.shape[0])]
@@ -254,6 +253,12 @@ def test_a_kernel_that_changes_past_32_rows_gets_split_calls(monkeypatch):
         return out.reshape(*x.shape[:-1], weight.shape[0])
 
     monkeypatch.setattr(torch.nn.functional, "linear", switching_linear)
+
+
+def test_a_kernel_that_changes_past_32_rows_gets_split_calls(monkeypatch):
+    """The probe finds such a kernel (no padding, split past 32), and under the plan a 48-row call gives every
+    row the bits it gets alone, where the stock call does not."""
+    switch_kernels_past_32_rows(monkeypatch)
     module = torch.nn.Linear(256, 512)
     assert probe_row_plan(module) == RowPlan(pad=1, split=32)
     x = torch.randn(2, 24, 256, generator=torch.Generator().manual_seed(0))
@@ -264,3 +269,29 @@ def test_a_kernel_that_changes_past_32_rows_gets_split_calls(monkeypatch):
         assert torch.equal(module(x), alone)
         for handle in handles:
             handle.remove()
+
+
+def test_a_40_node_verify_is_split_only_while_it_runs(tiny_target_path, tmp_path, monkeypatch):
+    """With such kernels, a 40-node tree verify gives every node its decoding steps' logits: the split hooks go
+    in for that verify (and the head after it) and are gone for the steps; without them nodes differ."""
+    import dream.target.invariance as invariance
+
+    monkeypatch.setenv("DREAM_CACHE", str(tmp_path))  # the fake kernels' probes must not reach the real cache
+    monkeypatch.setattr(invariance, "PROBE_OUTPUTS", 1 << 12)
+    switch_kernels_past_32_rows(monkeypatch)
+    target = TargetAdapter.from_pretrained(tiny_target_path("llama"), batch_invariant="on")
+    assert {(shape.pad_rows, shape.split_rows) for shape in target.invariance.shapes} == {(1, 32)}
+    assert not any(m._forward_hooks for m in invariance.linear_modules(target.model))  # steps run unhooked
+    inputs = target.build_inputs([{"role": "user", "content": [{"type": "text", "text": "Count to ten."}]}])
+    tree = random_tree(40, 3)
+
+    def differing() -> list[int]:
+        cache = target.new_cache()
+        target.prefill(inputs, cache)
+        logits = target.verify(tree.tokens, tree.ancestors, tree.depths, cache).logits[0]
+        target.commit(cache, tree.num_nodes, torch.zeros(0, dtype=torch.long))
+        return [i for i in range(tree.num_nodes) if not torch.equal(logits[i], step_logits(target, cache, tree, i))]
+
+    assert differing() == []
+    monkeypatch.setattr(target._invariance, "_split_only", [])
+    assert differing()

@@ -142,6 +142,9 @@ def format_report(report: DoctorReport) -> str:
         block = inv.get("attention_block")
         lines.append("  attention: " + (f"batch-invariant, keys padded to a multiple of {block}; a verify runs all "
                                         "nodes in one call per layer" if block else
+                                        "batch-invariant, but left out by auto (over 5 % of a decoding step; "
+                                        "--batch-invariant on takes it): sdpa, one call per depth in a verify"
+                                        if inv.get("attention_left_out") else
                                         "NOT batch-invariant at any block: sdpa, one call per depth in a verify"))
     lines.append("operations (a row's bits whatever rows or masked keys come with it):")
     width = max(len(f.name) for f in report.findings)

@@ -281,11 +281,13 @@ class TargetAdapter:
         layer_outputs: dict[int, Tensor] = {}
         with ExitStack() as stack:
             stack.enter_context(tree_verify(layout, self.verify_mode, observe))
+            stack.enter_context(self._invariance.large_calls(tokens.numel()))
             self._capture_layers(stack, layers, layer_outputs)
             ids = tokens.to(device)[None]
             out = self._lm(input_ids=ids, position_ids=position_ids, past_key_values=cache, use_cache=True)
-        features = out.last_hidden_state
-        return ForwardOutput(self.head(features), features, None, dict(sorted(layer_outputs.items())), None)
+            features = out.last_hidden_state
+            logits = self.head(features)
+        return ForwardOutput(logits, features, None, dict(sorted(layer_outputs.items())), None)
 
     def _check_layers(self, layers: Sequence[int]) -> None:
         bad = [layer for layer in layers if not 0 <= layer < self.num_layers]

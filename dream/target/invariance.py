@@ -14,7 +14,8 @@ padded with copies of their last row and the extra rows dropped, through forward
 Some kernels change only past a row count a verify rarely reaches (on a 2-core AMX Xeon, bf16: every call
 of 1 to 32 rows gives a row the bits it gets alone, 48 and 64 rows other ones). There a small P with a split
 S wins over padding every step to 64 rows: calls of S < M <= max(PROBE_ROWS) rows run as calls of at most S
-rows (`RowPlan`). Every call
+rows (`RowPlan`). Where nothing is padded, those hooks go in only around a verify of more than S nodes
+(`BatchInvariance.large_calls`): hooks on every linear cost a decoding step 1-9 % there. Every call
 that reaches generate()'s decoding step, a tree verify or a prefill goes through the same hooks, so the
 reference generate() of the bench (`hf`) runs under the same numerics.
 
@@ -33,7 +34,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 from statistics import median
@@ -146,6 +148,7 @@ class BatchInvariance:
         if policy not in POLICIES:
             raise ValueError(f"batch-invariant policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self._handles: list[RemovableHandle] = []
+        self._split_only: list[tuple[list[nn.Linear], RowPlan]] = []  # hooked only for a long call (large_calls)
         self._model, self._restore_attention = model, None  # restore_attention: the name before the switch
         if policy == "off":
             self.report = InvarianceReport(policy, False)
@@ -155,8 +158,9 @@ class BatchInvariance:
             key = (module.out_features, module.in_features, module.weight.dtype, module.bias is not None)
             groups.setdefault(key, []).append(module)
         plans = [cached_row_plan(members[0]) for members in groups.values()]
-        padded = [(members, plan) for members, plan in zip(groups.values(), plans)
-                  if plan is not None and (plan.pad > 1 or plan.split is not None)]
+        padded = [(members, plan) for members, plan in zip(groups.values(), plans) if plan and plan.pad > 1]
+        split_only = [(members, plan) for members, plan in zip(groups.values(), plans)
+                      if plan and plan.pad == 1 and plan.split is not None]
         probed = text_attention(model) in SWITCHABLE_ATTENTION
         block = probe_model_attention(model) if probed else None
         changes = padded or block is not None
@@ -172,6 +176,7 @@ class BatchInvariance:
         enabled = policy == "on" or cost <= PADDING_MAX_COST or two_rows
         if enabled:
             self._apply(padded, block)
+            self._split_only = split_only
         shapes = tuple(LinearShape(out, width, str(dtype).removeprefix("torch."), bias, len(members),
                                    plan and plan.pad, plan and plan.split)
                        for (out, width, dtype, bias), members, plan in zip(groups, groups.values(), plans))
@@ -203,10 +208,24 @@ class BatchInvariance:
             self._restore_attention = text_attention(self._model)
             set_text_attention(self._model, invariant_attention_name(attention_block))
 
+    @contextmanager
+    def large_calls(self, rows: int) -> Iterator[None]:
+        """Inside, calls of `rows` rows give each row its own bits on the linears that need no padding but a
+        split past some row count: their hooks are in place only while a call that long runs (a tree verify of
+        more nodes than the split), so a decoding step pays for no hooks."""
+        handles = [handle for members, plan in self._split_only if rows > plan.split
+                   for module in members for handle in apply_row_plan(module, plan)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._split_only = []
         if self._restore_attention is not None:
             set_text_attention(self._model, self._restore_attention)
             self._restore_attention = None
@@ -344,14 +363,13 @@ def apply_row_plan(module: nn.Linear, plan: RowPlan) -> list[RemovableHandle]:
     def before(mod: nn.Module, args: tuple) -> tuple | None:
         x = args[0]
         rows = x.shape[:-1].numel()
-        flat = x.reshape(rows, x.shape[-1])
         call["shape"], call["rows"] = None, None
         if 0 < rows < plan.pad:
             call["shape"] = x.shape
-            return (_pad(flat, plan.pad), *args[1:])
+            return (_pad(x.reshape(rows, x.shape[-1]), plan.pad), *args[1:])
         if plan.split is not None and plan.split < rows <= max(PROBE_ROWS):
-            call["shape"], call["rows"] = x.shape, flat
-            return (flat[:0], *args[1:])
+            call["shape"], call["rows"] = x.shape, x.reshape(rows, x.shape[-1])
+            return (call["rows"][:0], *args[1:])
         return None
 
     def after(mod: nn.Module, args: tuple, output: Tensor) -> Tensor | None:

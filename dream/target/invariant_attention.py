@@ -138,7 +138,7 @@ def decode_attention(query: Tensor, key: Tensor, value: Tensor, attention_mask: 
     None or [B, 1, 1, L] from the stock mask builder. Returns [B, 1, H, D], like transformers' attention."""
     batch, heads, _, dim = query.shape
     out, _ = _attend(*_decode_inputs(query, key, value, attention_mask, block), scaling, softcap)
-    return out.transpose(0, 1).to(query.dtype, memory_format=torch.contiguous_format).view(batch, 1, heads, dim)
+    return out.transpose(0, 1).to(query.dtype, memory_format=torch.contiguous_format).reshape(batch, 1, heads, dim)
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,8 @@ def tree_attention(query: Tensor, key: Tensor, value: Tensor, keys: TreeKeys, sc
     step's update). Returns [1, N, H, D]."""
     _, heads, n, dim = query.shape
     out, _ = _attend(*_tree_inputs(query, key, value, keys), scaling, softcap)  # [H_kv, N, G, D]
-    return out.transpose(0, 1).to(query.dtype, memory_format=torch.contiguous_format).view(1, n, heads, dim)
+    # reshape: in fp32 `to` returns the transposed view itself, whatever memory_format says
+    return out.transpose(0, 1).to(query.dtype, memory_format=torch.contiguous_format).reshape(1, n, heads, dim)
 
 
 # ---- the probe --------------------------------------------------------------------------------------------------
