@@ -37,8 +37,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
 from statistics import median
+from typing import Any
 
 import torch
 from torch import Tensor, nn
