@@ -97,37 +97,6 @@ def test_the_probe_rejects_a_kernel_that_changes_bits(monkeypatch):
     assert packing_matches(module, rows=(1, 2))
 
 
-def test_the_probe_takes_a_packed_kernel_that_keeps_every_row_alone(monkeypatch):
-    """As on an AMX Xeon: the dense kernel changes past 32 rows, the packed one gives every row its own dense
-    bits. Packed it is (steps and verifies of up to 64 rows keep a row's bits; longer prefills are the same
-    call for every method); a packed kernel that also rounds some row otherwise is refused."""
-    module = linear(dtype=torch.bfloat16)
-    real_linear = nn.functional.linear
-
-    def dense(x, weight, bias=None):  # other bits past 32 rows: fp32 sums, rounded once
-        if x.shape[:-1].numel() > 32:
-            return real_linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
-        return real_linear(x, weight, bias)
-
-    def row_by_row(weight, bias):
-        return lambda x: torch.cat([real_linear(row[None], weight, bias) for row in x.reshape(-1, x.shape[-1])])
-
-    def row_by_row_but_the_last(weight, bias):
-        def call(x):
-            out = row_by_row(weight, bias)(x)
-            if out.shape[0] > 1:
-                out[-1] = out[-1].float().nextafter(torch.full_like(out[-1], float("inf"), dtype=torch.float)).to(
-                    out.dtype) + out[-1].abs().clamp_min(1) * 2**-6
-            return out
-        return call
-
-    monkeypatch.setattr(nn.functional, "linear", dense)
-    monkeypatch.setattr(packing, "packed_linear", row_by_row)
-    assert packing_matches(module, rows=(1, 2, 33, 128))
-    monkeypatch.setattr(packing, "packed_linear", row_by_row_but_the_last)
-    assert not packing_matches(module, rows=(1, 2, 33, 128))
-
-
 def test_bf16_packing_on_this_machine(capsys):
     """Whether this CPU packs bf16 linears, and whether its packed call gives F.linear's bits (what decides, per
     shape, if a target's linear is packed), are machine facts: reported. A draft packs wherever bf16 is native."""
