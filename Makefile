@@ -24,7 +24,7 @@ $(VENV)/.vllm-installed: $(VENV)/.installed Makefile
 	$(BIN)/python -c 'import dream.torchvision_ops as t; t.write_pth()'
 	touch $@
 
-.PHONY: setup vllm demo test
+.PHONY: setup vllm demo test test-avx2
 setup: $(VENV)/.installed
 vllm: $(VENV)/.vllm-installed
 
@@ -33,3 +33,7 @@ demo: setup
 
 test: vllm
 	$(BIN)/python -m pytest -q
+
+# The suite with torch, oneDNN and MKL held to AVX2: an AVX2-only CPU's kernel choices on a wider machine.
+test-avx2: vllm
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(BIN)/python -m pytest -q

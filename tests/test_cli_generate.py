@@ -140,7 +140,10 @@ def test_dtype_auto_follows_native_bf16(monkeypatch):
     monkeypatch.setattr(settings, "_cpu_flags", lambda: {"avx2", "fma"})
     assert settings.resolve_dtype_name("auto") == "fp32"                       # bf16 would be emulated
     monkeypatch.setattr(settings, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    monkeypatch.setattr(settings.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert settings.resolve_dtype_name("auto") == "bf16"
+    monkeypatch.setattr(settings.torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # ATEN_CPU_CAPABILITY
+    assert settings.resolve_dtype_name("auto") == "fp32" and "torch held to AVX2" in settings.cpu_kind()
     assert settings.resolve_dtype_name("fp32") == "fp32"
     with pytest.raises(ValueError, match="auto or one of bf16, fp32"):
         settings.resolve_dtype_name("float16")

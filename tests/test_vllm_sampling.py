@@ -81,8 +81,11 @@ def _sample(llm: Any, conversations: list, params: Any) -> Sampled:
         completion = out.outputs[0]
         for token, logprobs in list(zip(completion.token_ids, completion.logprobs))[1:]:
             ranks.append(logprobs[token].rank)
-            top = sorted((lp for lp in logprobs.values() if lp.rank <= TOP_LOGPROBS), key=lambda lp: lp.rank)
-            assert [lp.rank for lp in top] == list(range(1, TOP_LOGPROBS + 1))
+            # vLLM ranks a tie alike (1 + the tokens strictly above), so an emitted token tied with the 20th
+            # (say) comes as a 21st entry of the same rank: the top 20 are the 20 highest of all entries.
+            top = sorted(logprobs.values(), key=lambda lp: -lp.logprob)[:TOP_LOGPROBS]
+            assert len(top) == TOP_LOGPROBS and [lp.rank for lp in top] == sorted(lp.rank for lp in top)
+            assert top[0].rank == 1 and top[-1].rank <= TOP_LOGPROBS
             tops.append([lp.logprob for lp in top])
     return Sampled(ranks, tops, spec_counters(llm).minus(before).draft_tokens)
 
