@@ -33,15 +33,16 @@ def resolve_dtype_name(name: str) -> str:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX) and torch is not held below AVX-512."""
-    return bool(_NATIVE_BF16_CPU_FLAGS & _cpu_flags()) and _torch_isa_cap() is None
+    flags = _cpu_flags()
+    return bool(_NATIVE_BF16_CPU_FLAGS & flags) and _torch_isa_cap(flags) is None
 
 
-def _torch_isa_cap() -> str | None:
+def _torch_isa_cap(flags: set[str]) -> str | None:
     """The instruction set torch's kernels are held to when it is below what the CPU has, else None. Holding
     torch, oneDNN and MKL to AVX2 on an AVX-512 machine (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2,
     MKL_ENABLE_INSTRUCTIONS=AVX2) reproduces an AVX2-only CPU's kernel choices; `auto` then picks fp32 as there."""
     capability = torch.backends.cpu.get_cpu_capability()
-    return capability if capability in ("DEFAULT", "AVX2") and "avx512f" in _cpu_flags() else None
+    return capability if capability in ("DEFAULT", "AVX2") and "avx512f" in flags else None
 
 
 def _cpu_flags() -> set[str]:
@@ -68,7 +69,7 @@ def cpu_kind() -> str:
             model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
     except OSError:
         model = ""
-    cap = _torch_isa_cap()
+    cap = _torch_isa_cap(flags)
     kind = f"{kind}, torch held to {cap}" if cap else kind
     return f"{model} ({kind})" if model else kind
 

@@ -335,8 +335,9 @@ def test_a_dataset_made_in_parts_reads_as_one(tiny_target_path, tmp_path):
     run_datagen(make_config(target, tmp_path / "data" / "rest.json", tmp_path / "rest", shard_size=2))
     whole, parts = ShardDataset(tmp_path / "all"), ShardDataset(tmp_path / "first", tmp_path / "rest")
     assert len(parts) == len(whole) == 5
-    for i in range(5):  # other batches, so features equal up to batched rounding: a bf16 step where kernels
-        assert torch.equal(parts[i].input_ids, whole[i].input_ids)   # block by rows (AVX2), bit-equal elsewhere
+    # Other batches: features equal up to batched rounding (a bf16 step where kernels block by rows, as on AVX2).
+    for i in range(5):
+        assert torch.equal(parts[i].input_ids, whole[i].input_ids)
         torch.testing.assert_close(parts[i].features, whole[i].features, atol=1e-2, rtol=1e-2)
     run_datagen(make_config(target, data, tmp_path / "longer", max_new_tokens=12))
     with pytest.raises(ValueError, match="different settings: max_new_tokens"):
