@@ -45,6 +45,13 @@ def _torch_isa_cap(flags: set[str]) -> str | None:
     return capability if capability in ("DEFAULT", "AVX2") and "avx512f" in flags else None
 
 
+def torch_held_below_cpu() -> bool:
+    """Whether torch's kernels are held below the CPU's instruction set (see _torch_isa_cap). torch.compile's
+    CPU code is then wrong: NaN from an RMSNorm + MLP + softmax graph whose ops are each right alone (torch
+    2.13, AMX Xeon held to AVX2), so vLLM runs such a process eager."""
+    return _torch_isa_cap(_cpu_flags()) is not None
+
+
 def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as info:

@@ -270,3 +270,15 @@ def test_tensor_parallel_ranks_reach_the_server_and_split_the_cores(monkeypatch)
         assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0,1|2,3" and env["OMP_NUM_THREADS"] == "2"
     with pytest.raises(ValueError, match="one at least per rank"):
         cpu_binding(8)
+
+
+def test_vllm_runs_eager_while_torch_is_held_below_the_cpu(monkeypatch):
+    import dream.settings as settings
+    from dream.serving.server import ServerConfig, server_command
+
+    cfg = ServerConfig(target=resolve_target("smolvlm-135m"), served_name="t", draft="ar")
+    monkeypatch.setattr(settings, "_cpu_flags", lambda: {"avx2", "avx512f", "amx_bf16"})
+    monkeypatch.setattr(settings.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert "--enforce-eager" not in server_command(cfg)[0]
+    monkeypatch.setattr(settings.torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # ATEN_CPU_CAPABILITY
+    assert "--enforce-eager" in server_command(cfg)[0]

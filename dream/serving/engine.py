@@ -26,6 +26,7 @@ from PIL import Image
 from dream.chat import user_turn
 from dream.method_names import AR, PLD, canonical
 from dream.serving.export import exported_draft, vllm_method
+from dream.settings import torch_held_below_cpu
 
 VLLM_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}   # dream.settings names -> vLLM's dtype names
 _USER_BINDING = {name for name in ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND") if name in os.environ}
@@ -134,7 +135,7 @@ def build_llm(cfg: EngineConfig, method: str = AR, draft_dir: str | Path | None 
 
     register()      # this process; spawned workers run the entry point themselves
     kwargs: dict[str, Any] = dict(
-        model=str(cfg.target), dtype=cfg.dtype, enforce_eager=cfg.enforce_eager,
+        model=str(cfg.target), dtype=cfg.dtype, enforce_eager=run_eager(cfg.enforce_eager),
         max_model_len=cfg.max_model_len, max_num_seqs=cfg.max_num_seqs,
         tensor_parallel_size=cfg.tensor_parallel_size,
         gpu_memory_utilization=cfg.memory_fraction, seed=cfg.seed, disable_log_stats=False,
@@ -144,6 +145,12 @@ def build_llm(cfg: EngineConfig, method: str = AR, draft_dir: str | Path | None 
         kwargs["distributed_executor_backend"] = "uni"
     kwargs.update(cfg.extra)
     return LLM(**kwargs)
+
+
+def run_eager(requested: bool) -> bool:
+    """vLLM's enforce_eager: as requested, and always while torch is held below the CPU's instruction set,
+    where torch.compile's code returns NaN (settings.torch_held_below_cpu)."""
+    return requested or torch_held_below_cpu()
 
 
 def cpu_binding(tensor_parallel_size: int = 1) -> dict[str, str]:

@@ -20,7 +20,14 @@ from pathlib import Path
 
 from dream.method_names import AR, PLD, canonical
 from dream.methods import draft_dir
-from dream.serving.engine import COMPILE_ENV, VLLM_DTYPES, EngineConfig, binding_env, speculative_config
+from dream.serving.engine import (
+    COMPILE_ENV,
+    VLLM_DTYPES,
+    EngineConfig,
+    binding_env,
+    run_eager,
+    speculative_config,
+)
 from dream.serving.fingerprint import check_draft_for_target
 
 NO_DRAFT = (AR, PLD)                      # the methods without a draft (--draft also takes none / ngram for them)
@@ -74,7 +81,7 @@ def server_command(cfg: ServerConfig) -> tuple[list[str], dict[str, str]]:
         command += ["--speculative-config", json.dumps(spec)]
     if cfg.tensor_parallel_size != 1:
         command += ["--tensor-parallel-size", str(cfg.tensor_parallel_size)]
-    if cfg.enforce_eager:
+    if run_eager(cfg.enforce_eager):
         command.append("--enforce-eager")
     command += ["--middleware", GUARD_MIDDLEWARE]
     if cfg.allowed_media_domains:
