@@ -24,7 +24,7 @@ from dream.engine import generate
 from dream.target import TargetAdapter
 from dream.draft.config import LayerWindow
 from dream.training.entropy import attention_entropy
-from dream.training.shards import ShardDataset
+from dream.training.shards import MANIFEST, ShardDataset
 from llava_data import make_config, write_dataset
 from fixtures import stock_model, tiny_image
 
@@ -339,6 +339,12 @@ def test_a_dataset_made_in_parts_reads_as_one(tiny_target_path, tmp_path):
     for i in range(5):
         assert torch.equal(parts[i].input_ids, whole[i].input_ids)
         torch.testing.assert_close(parts[i].features, whole[i].features, atol=1e-2, rtol=1e-2)
+    sampled = json.loads((tmp_path / "rest" / MANIFEST).read_text())     # as `--engine vllm --temperature 1` writes
+    sampled["settings"].update(engine="vllm", temperature=1.0)
+    (tmp_path / "rest" / MANIFEST).write_text(json.dumps(sampled))
+    mixed = ShardDataset(tmp_path / "first", tmp_path / "rest")              # greedy and sampled answers mix
+    assert len(mixed) == 5
+    assert mixed.settings["temperature"] == [0.0, 1.0] and mixed.settings["engine"] == ["hf", "vllm"]
     run_datagen(make_config(target, data, tmp_path / "longer", max_new_tokens=12))
     with pytest.raises(ValueError, match="different settings: max_new_tokens"):
         ShardDataset(tmp_path / "first", tmp_path / "longer")

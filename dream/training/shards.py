@@ -68,9 +68,10 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-# Datagen settings that change no sample: directories that differ only in these may be trained on together.
-# The engine only changes who generated the answers (both greedy decodes of the same target).
-_LAYOUT_SETTINGS = ("shard_size", "max_samples", "engine")
+# Datagen settings that directories trained on together may differ in: the layout, and how the target's own
+# answers were drawn (engine; temperature: greedy and sampled answers mixed are a choice of data, both the
+# target's decodes, with the same features, layer window and answer length).
+_MIXABLE_SETTINGS = ("shard_size", "max_samples", "engine", "temperature")
 
 
 class ShardDataset:
@@ -88,6 +89,7 @@ class ShardDataset:
         self.manifest = manifests[0]
         for directory, manifest in zip(self.directories[1:], manifests[1:]):
             _check_same_kind(self.manifest, manifest, self.directories[0], directory)
+        self.settings = _joint_settings([m["settings"] for m in manifests])
         self._files: list[Any] = []
         self._index: list[tuple[int, int]] = []          # sample -> (shard, row)
         self._offsets: list[dict[str, Tensor]] = []
@@ -127,10 +129,20 @@ class ShardDataset:
 def _check_same_kind(first: dict[str, Any], other: dict[str, Any], first_dir: Path, other_dir: Path) -> None:
     if other["target"] != first["target"]:
         raise ValueError(f"shards in {other_dir} and {first_dir} were made from different targets")
-    settings = [{k: v for k, v in m["settings"].items() if k not in _LAYOUT_SETTINGS} for m in (first, other)]
+    settings = [{k: v for k, v in m["settings"].items() if k not in _MIXABLE_SETTINGS} for m in (first, other)]
     diffs = [k for k in sorted(set(settings[0]) | set(settings[1])) if settings[0].get(k) != settings[1].get(k)]
     if diffs:
         raise ValueError(f"shards in {other_dir} and {first_dir} were made with different settings: {', '.join(diffs)}")
+
+
+def _joint_settings(settings: list[dict[str, Any]]) -> dict[str, Any]:
+    """The directories' common settings; a mixable one they differ in lists each directory's value, in order."""
+    joint = dict(settings[0])
+    for key in _MIXABLE_SETTINGS:
+        values = [s.get(key) for s in settings]
+        if any(v != values[0] for v in values):
+            joint[key] = values
+    return joint
 
 
 def _open_shard(file: Path) -> Any:

@@ -316,7 +316,7 @@ class _Run:
 
     def _save_draft(self, evaluations: list[dict[str, Any]]) -> Path:
         training = {**self.cfg.to_dict(), "keep_ratio": self.keep_ratio, "data": ",".join(map(str, self.data_dirs)),
-                    "data_settings": self.dataset.manifest["settings"], "num_train": len(self.train_indices),
+                    "data_settings": self.dataset.settings, "num_train": len(self.train_indices),
                     "num_val": len(self.val_indices), "world_size": self.ctx.world_size, "final": evaluations[-1]}
         final = self.out / DRAFT_DIR
         tmp = self.out / f".{DRAFT_DIR}.tmp"
