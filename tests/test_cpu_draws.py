@@ -1,4 +1,4 @@
-"""dream.serving.cpu_draws: vLLM's two speculative draws by inverse CDF draw exactly the distributions of the rule.
+"""dream.sampling.draw_rows and dream.serving.cpu_draws: vLLM's two speculative draws by inverse CDF are exact.
 
 Chi-square goodness of fit over many independent draws of one row (a vocabulary of 40 with zero entries);
 each test has a negative control that the same check rejects. The engine-level tests
@@ -13,6 +13,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from dream.sampling import draw_rows
 from dream.serving import cpu_draws
 
 V, N = 40, 40_000
@@ -43,15 +44,19 @@ def _metadata(temperature: list[float], generators: dict | None = None) -> Simpl
 def test_draw_rows_follows_the_weights():
     torch.manual_seed(0)
     probs = _row(1)
-    draws = cpu_draws.draw_rows((probs * 3.7).expand(N, V), torch.rand(N, dtype=torch.float64))
+    draws = draw_rows((probs * 3.7).expand(N, V), torch.rand(N, dtype=torch.float64))
     assert _fit(draws, probs) > PASS_P
     assert _fit(draws, _row(2)) < FAIL_P          # negative control: another distribution is rejected
 
 
 def test_draw_rows_edges_of_the_unit_interval():
     weights = torch.tensor([[0.0, 1.0, 0.0, 2.0, 0.0]] * 3)
-    draws = cpu_draws.draw_rows(weights, torch.tensor([0.0, 1 / 3 - 1e-12, 1 - 2 ** -53], dtype=torch.float64))
+    draws = draw_rows(weights, torch.tensor([0.0, 1 / 3 - 1e-12, 1 - 2 ** -53], dtype=torch.float64))
     assert draws.tolist() == [1, 1, 3]
+    # The largest uniform never reaches past a row's last positive weight, whatever the row's total.
+    totals = torch.rand(10_000, dtype=torch.float64) * torch.exp2(torch.randint(-40, 40, (10_000,)).double())
+    rows = torch.stack([totals, torch.zeros_like(totals)], -1)
+    assert draw_rows(rows, torch.full((10_000,), 1 - 2 ** -53, dtype=torch.float64)).eq(0).all()
 
 
 def test_draft_draws_follow_softmax_of_logits_over_temperature():

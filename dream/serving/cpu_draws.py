@@ -12,11 +12,10 @@ decode steps against 1.7 at T=0. Inverse CDF draws the same distributions from o
 
     x = min { v : C_v > u * C_last },   C = cumsum(w) in float64,   u ~ U[0, 1) in float64
 
-which picks v with probability w_v / sum(w): v owns the interval [C_{v-1}, C_v) of width w_v, so an entry
-of weight zero is never drawn, and float64 keeps every width within ~1e-16 of its weight (fp32 sums over
-49,156 entries would not). The rule vLLM applies to the draws (dream.serving.sampler's docstring) is
-unchanged, and so is everything the draws feed: the draft probabilities q_j the proposer returns (fp32,
-softmax(logits / T)), the rejection kernels, the bonus token (vLLM's own fused CPU sampler).
+(dream.sampling.draw_rows, the harness's own draw), which picks v with probability w_v / sum(w). The rule
+vLLM applies to the draws (dream.serving.sampler's docstring) is unchanged, and so is everything the draws
+feed: the draft probabilities q_j the proposer returns (fp32, softmax(logits / T)), the rejection kernels,
+the bonus token (vLLM's own fused CPU sampler).
 
 Seeds: a recovered token of a request with its own seed is drawn from that request's generator, as upstream
 does (other requests share torch's default generator); the proposer's draft draws ignore seeds, as upstream's
@@ -36,21 +35,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dream.sampling import draw_rows
+
 DRAWS_ENV = "DREAM_VLLM_CPU_DRAWS"
 _GREEDY_EPS = 1e-5          # vLLM's _SAMPLING_EPS: a temperature below it is a greedy request
 _UPSTREAM: dict[str, Callable[..., Any]] = {}
-
-
-def draw_rows(weights: Tensor, uniforms: Tensor) -> Tensor:
-    """One index per row of `weights` [n, V] (non-negative, every row summing above zero), index v drawn with
-    probability weights[i, v] / weights[i].sum(), by inverse CDF from `uniforms` [n] in [0, 1)."""
-    cdf = weights.to(torch.float64).cumsum(-1)
-    thresholds = uniforms.to(torch.float64).unsqueeze(-1) * cdf[:, -1:]
-    drawn = torch.searchsorted(cdf, thresholds, right=True).squeeze(-1)
-    # u * total can round up to total (u within 2^-53 of 1), past the last entry: that draw belongs to the
-    # last entry of positive weight.
-    last_positive = weights.shape[-1] - 1 - (weights > 0).flip(-1).to(torch.uint8).argmax(-1)
-    return torch.minimum(drawn, last_positive)
 
 
 def compute_probs_and_sample_next_token(logits: Tensor, sampling_metadata: Any,

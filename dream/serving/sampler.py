@@ -46,8 +46,9 @@ The fix replaces exactly the broken adapter, `vllm.utils.cpu_triton_utils._expan
 `expand_kernel_impl` below (the same expansion in plain torch, written into `output` in its own dtype),
 and wraps `apply_top_k_only` as above. The module attribute is swapped (not the dispatcher entry)
 because the platform registers its overrides in each worker *after* the general plugins run, reading
-the attribute at that moment. The rejection kernels stay vLLM's; nothing else of vLLM changes. Set DREAM_VLLM_CPU_SAMPLER_FIX=0 to keep upstream's two functions (the
-tests' negative control).
+the attribute at that moment. The rejection kernels stay vLLM's (dream.serving.cpu_draws, separately, draws
+the tokens they consume more cheaply on CPU). Set DREAM_VLLM_CPU_SAMPLER_FIX=0 to keep upstream's two
+functions (the tests' negative control).
 """
 
 from __future__ import annotations
