@@ -121,6 +121,18 @@ def test_recovered_tokens_of_a_seeded_request_repeat():
     assert first[2:] == second[2:]                # request 1's four rows come from its own generator
 
 
+def test_rows_that_are_not_distributions_still_draw_inside_the_vocabulary():
+    # vLLM's own expand adapter (the negative control of tests/test_vllm_sampling.py) divides logits by
+    # garbage temperatures: NaN rows must give some token, not one past the end that kills the engine.
+    logits = torch.randn(4, V)
+    logits[1, 3] = float("inf")
+    ids, _ = cpu_draws.compute_probs_and_sample_next_token(logits, _metadata([1.0, 4.6e-41, 1.0, 1.6e22]))
+    assert bool(((ids >= 0) & (ids < V)).all())
+    nan_rows = torch.full((3, V), float("nan"))
+    drawn = _recovered(nan_rows, nan_rows, torch.zeros(3, dtype=torch.int32), _metadata([1.0]), [3])
+    assert bool(((drawn >= 0) & (drawn < V)).all())
+
+
 def test_install_swaps_the_two_vllm_functions_and_back():
     pytest.importorskip("vllm")
     from vllm.v1.sample import rejection_sampler

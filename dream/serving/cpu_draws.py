@@ -56,7 +56,7 @@ def compute_probs_and_sample_next_token(logits: Tensor, sampling_metadata: Any,
         temperature = torch.where(is_greedy, 1.0, temperature)
     logits.div_(temperature.view(-1, 1))
     probs = logits.softmax(dim=-1, dtype=torch.float32)
-    next_token_ids = draw_rows(probs, torch.rand(probs.shape[0], dtype=torch.float64, device=probs.device))
+    next_token_ids = _draw(probs, torch.rand(probs.shape[0], dtype=torch.float64, device=probs.device))
     if is_greedy is not None:
         next_token_ids = torch.where(is_greedy, probs.argmax(dim=-1), next_token_ids)
     return next_token_ids, probs
@@ -84,7 +84,17 @@ def sample_recovered_tokens(max_spec_len: int, num_draft_tokens: list[int], cu_n
         if num_draft_tokens[i] > 0:
             uniforms[starts[i]:starts[i + 1]] = torch.rand(num_draft_tokens[i], dtype=torch.float64,
                                                            device=device, generator=generator)
-    return draw_rows(residual, uniforms).to(draft_token_ids.dtype)
+    return _draw(residual, uniforms).to(draft_token_ids.dtype)
+
+
+def _draw(weights: Tensor, uniforms: Tensor) -> Tensor:
+    """draw_rows, kept inside the vocabulary for a row that is not a distribution.
+
+    A NaN row (logits divided by a garbage temperature, as upstream's expand adapter does, see
+    dream.serving.sampler) fails every comparison of the search, the draw lands one past the end, and the
+    engine dies indexing with it; upstream's exponential race returns some in-range token for such a row,
+    and so does this. A proper row never reaches the clamp (draw_rows' docstring)."""
+    return draw_rows(weights, uniforms).clamp_(max=weights.shape[-1] - 1)
 
 
 def draws_enabled() -> bool:
