@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     from vllm import SamplingParams
 
-    draft = args.draft or str(next(spec.path for spec in shipped_drafts(["dream"])))
+    draft = args.draft or str(next(spec.path for spec in shipped_drafts(["dream"]) if spec.name == "dream"))
     prompts = read_prompts(args.prompts, limit=args.limit)
     cfg = EngineConfig(target=str(resolve_target_path(args.target)), dtype="bfloat16", in_process=True,
                        num_speculative_tokens=args.num_speculative_tokens, max_num_seqs=16)
