@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from dream.bench.prompts import read_prompts
-from dream.methods import shipped_drafts
+from dream.methods import draft_dir
 from dream.serving.engine import EngineConfig, build_llm, chat_messages, close_llm, spec_counters
 from dream.target import resolve_target_path
 
@@ -22,7 +22,7 @@ from dream.target import resolve_target_path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="smolvlm-135m")
-    parser.add_argument("--draft", default=None, help="draft directory (default: the shipped dream draft)")
+    parser.add_argument("--draft", default="dream", help="draft directory or shipped draft name (dream)")
     parser.add_argument("--prompts", type=Path, default=Path("dream/assets/prompts/eval-unseen.jsonl"))
     parser.add_argument("--limit", type=int, default=24)
     parser.add_argument("--seeds", type=int, default=6, help="sets of request seeds")
@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     from vllm import SamplingParams
 
-    draft = args.draft or str(next(spec.path for spec in shipped_drafts(["dream"]) if spec.name == "dream"))
+    draft = str(draft_dir(args.draft))
     prompts = read_prompts(args.prompts, limit=args.limit)
     cfg = EngineConfig(target=str(resolve_target_path(args.target)), dtype="bfloat16", in_process=True,
                        num_speculative_tokens=args.num_speculative_tokens, max_num_seqs=16)
